@@ -1,0 +1,86 @@
+"""Set-up helpers: seeding and the environment check of chapter 00.  (Chapter 00)
+
+``seed_everything(seed)`` seeds Python, NumPy and torch so that rerunning a notebook on the
+same machine gives the same numbers. ``check_environment()`` looks at what the course needs
+(Python and package versions, CPU threads, the cached models) and says how to fix each problem.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+from dataclasses import dataclass
+from importlib import metadata
+
+import numpy as np
+import torch
+
+#: The versions the course is pinned to (pyproject.toml); others may work but give other numbers.
+EXPECTED = {
+    "torch": "2.13.0",
+    "transformers": "5.17.0",
+    "safetensors": "0.8.0",
+    "gguf": "0.19.0",
+    "numpy": "2.4.6",
+    "matplotlib": "3.11.2",
+    "scikit-learn": "1.9.1",
+    "tqdm": "4.70.1",
+}
+
+
+def seed_everything(seed: int = 0) -> None:
+    """Seed ``random``, NumPy and torch (CPU and, if present, CUDA) with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+
+
+@dataclass
+class Check:
+    """One line of the environment report: what was checked, whether it is fine, how to fix it."""
+
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+def _version(pkg: str) -> str | None:
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_environment() -> list[Check]:
+    """Check Python, the pinned packages, CPU threads and the cached models."""
+    from . import models  # local import: models imports transformers, which is slow
+
+    checks = [Check("python", sys.version_info >= (3, 10), platform.python_version(),
+                    "install Python 3.10 or newer")]
+    for pkg, want in EXPECTED.items():
+        have = _version(pkg)
+        base = (have or "").split("+")[0]
+        checks.append(Check(pkg, base == want, have or "missing",
+                            f"run `make lab` (or pip install -e '.[dev]') to get {pkg}=={want}"))
+    threads, cores = torch.get_num_threads(), os.cpu_count() or 1
+    checks.append(Check("cpu threads", 1 <= threads <= cores, f"torch uses {threads} of {cores} cores",
+                        "unset OMP_NUM_THREADS, or set it to your number of cores"))
+    checks.append(Check("cuda", True, "available" if torch.cuda.is_available() else
+                        "not needed: the whole course runs on the CPU"))
+    for name, path in models.cached_models().items():
+        checks.append(Check(f"model {name}", path is not None, str(path) if path else "not cached",
+                            "run `make assets` once while online"))
+    return checks
+
+
+def print_environment(checks: list[Check] | None = None) -> bool:
+    """Print the report of ``check_environment()``; return True when everything is fine."""
+    checks = check_environment() if checks is None else checks
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        mark = "ok " if c.ok else "FIX"
+        print(f"[{mark}] {c.name:<{width}}  {c.detail}" + ("" if c.ok else f"  -> {c.fix}"))
+    return all(c.ok for c in checks)
