@@ -1,0 +1,296 @@
+r"""Saving and loading adapters in PEFT's file format.  (Chapter 06)
+
+An adapter is the small part of a fine-tune: for each adapted layer the two factors of
+:math:`\Delta W = \frac{\alpha}{r} B A` (``r (d_{in} + d_{out})`` numbers instead of
+``d_{in} d_{out}``), plus the modules trained whole (``modules_to_save``, e.g. a new head).
+A folder holds exactly what ``peft.PeftModel.save_pretrained`` writes:
+
+* ``adapter_config.json``: ``peft_type: "LORA"``, ``r``, ``lora_alpha``, ``lora_dropout``,
+  ``target_modules``, ``exclude_modules``, ``bias``, ``use_rslora``, ``modules_to_save``,
+  ``fan_in_fan_out`` (True when GPT-2's Conv1D layers are adapted), ``init_lora_weights``,
+  ``inference_mode``, ``use_dora: false``, empty ``rank_pattern`` / ``alpha_pattern``, and where
+  known ``base_model_name_or_path`` and ``task_type``. PEFT fills in its other fields' defaults.
+* ``adapter_model.safetensors`` with PEFT's keys (the adapter name is not in the file):
+  ``base_model.model.<layer>.lora_A.weight`` (r, in), ``.lora_B.weight`` (out, r);
+  ``base_model.model.<embedding>.lora_embedding_A`` (r, vocab), ``.lora_embedding_B`` (dim, r);
+  ``base_model.model.<module>.<param>`` for each saved module; and the biases that
+  ``bias="lora_only"`` (``<layer>.base_layer.bias``) or ``bias="all"`` train.
+
+Each file is written to a temporary file and then renamed, so an interrupted save never leaves a
+half-written file. Loading reads JSON and safetensors only (nothing is ever unpickled) and checks
+every name and shape before it changes the model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_bytes
+from torch import nn
+
+from .adapters import _check_not_merged, _saved_modules, add_adapter, delete_adapter, list_adapters
+from .config import DEFAULT_TARGETS, LoRAConfig
+from .inject import lora_layers
+from .layers import LoRAEmbedding, LoRALinear
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForCausalLM": "CAUSAL_LM", "LMHeadModel": "CAUSAL_LM",
+              "ForTokenClassification": "TOKEN_CLS", "ForQuestionAnswering": "QUESTION_ANS"}
+# PEFT options that change what the weights mean; minilora refuses files that use them.
+UNSUPPORTED = {"use_dora": (False, None), "rank_pattern": ({}, None), "alpha_pattern": ({}, None),
+               "layers_to_transform": (None,), "layer_replication": (None,), "target_parameters": (None, []),
+               "trainable_token_indices": (None,), "lora_bias": (False, None), "use_qalora": (False, None),
+               "alora_invocation_tokens": (None,)}
+
+
+class AdapterFileError(ValueError):
+    """An adapter folder that cannot be loaded into this model (the message says why and what to do)."""
+
+
+def _config(model: nn.Module, adapter_name: str) -> LoRAConfig:
+    configs = getattr(model, "lora_configs", None) or {}
+    if adapter_name not in configs:
+        raise ValueError(f"the model has no adapter named {adapter_name!r}; it has {list(configs)}."
+                         if configs else "this model has no adapters; call minilora.inject_lora(model, config) first.")
+    return configs[adapter_name]
+
+
+def _adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
+    """PEFT key -> the live tensor in ``model``, for everything the adapter's file holds."""
+    cfg, out = _config(model, adapter_name), {}
+    saved = _saved_modules(model)
+    for name, layer in lora_layers(model):
+        if adapter_name not in layer.adapters:
+            continue
+        if any(name.startswith(p + ".") for p, _ in saved):
+            raise ValueError(f"{name} is a LoRA layer inside a module_to_save; PEFT's format cannot express that.")
+        A, B = layer.get_lora_AB(adapter_name)
+        if isinstance(layer, LoRAEmbedding):
+            out[f"{PREFIX}{name}.lora_embedding_A"], out[f"{PREFIX}{name}.lora_embedding_B"] = A, B
+        else:
+            out[f"{PREFIX}{name}.lora_A.weight"], out[f"{PREFIX}{name}.lora_B.weight"] = A, B
+        if cfg.bias == "lora_only" and getattr(layer.base, "bias", None) is not None:
+            out[f"{PREFIX}{name}.base_layer.bias"] = layer.base.bias
+    for name, m in saved:
+        if adapter_name in m.modules_to_save:
+            for key, t in m.modules_to_save[adapter_name].state_dict(keep_vars=True).items():
+                out[f"{PREFIX}{name}.{key}"] = t
+    if cfg.bias == "all":
+        lora = {n for n, _ in lora_layers(model)}
+        for pname, p in model.named_parameters():
+            owner = pname.rpartition(".")[0]
+            if pname.endswith("bias") and not any(pname.startswith(s + ".") for s, _ in saved):
+                if owner.endswith(".base") and owner[:-5] in lora:
+                    pname = owner[:-5] + ".base_layer.bias"
+                out[PREFIX + pname] = p
+    return out
+
+
+def adapter_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """The tensors ``save_adapter`` writes, under PEFT's names (detached copies)."""
+    return {k: v.detach().cpu().contiguous().clone() for k, v in _adapter_tensors(model, adapter_name).items()}
+
+
+def peft_config_dict(model: nn.Module, adapter_name: str = "default") -> dict:
+    """The ``adapter_config.json`` content PEFT expects for this adapter."""
+    cfg = _config(model, adapter_name)
+    targets = cfg.target_modules
+    if targets is None:
+        targets = DEFAULT_TARGETS[model.config.model_type]
+    elif targets == "all-linear":  # spelled out: PEFT's notion of "the output head" is not always ours
+        targets = [n for n, layer in lora_layers(model) if adapter_name in layer.adapters]
+    name_or_path = getattr(getattr(model, "config", None), "name_or_path", "") or None
+    cls = type(model).__name__
+    task = next((t for suffix, t in TASK_TYPES.items() if cls.endswith(suffix)), None)
+    fan_in_fan_out = any(isinstance(layer, LoRALinear) and layer.fan_in_fan_out and adapter_name in layer.adapters
+                         for _, layer in lora_layers(model))
+    return {"peft_type": "LORA", "task_type": task, "base_model_name_or_path": name_or_path,
+            "r": cfg.r, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout, "target_modules": targets,
+            "exclude_modules": cfg.exclude_modules, "bias": cfg.bias, "use_rslora": cfg.use_rslora,
+            "modules_to_save": cfg.modules_to_save, "fan_in_fan_out": fan_in_fan_out,
+            "init_lora_weights": True if cfg.init == "kaiming" else "gaussian", "inference_mode": True,
+            "use_dora": False, "rank_pattern": {}, "alpha_pattern": {}}
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = "default") -> Path:
+    """Write adapter ``adapter_name`` to ``directory`` in PEFT's format; return the folder.
+
+    Only the adapter is written (kilobytes), never the base model."""
+    directory = Path(directory)
+    tensors = adapter_state_dict(model, adapter_name)
+    config = json.dumps(peft_config_dict(model, adapter_name), indent=2, sort_keys=True) + "\n"
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_atomic(directory / WEIGHTS_NAME, safetensors_bytes(tensors, metadata={"format": "pt"}))
+    _write_atomic(directory / CONFIG_NAME, config.encode())
+    return directory
+
+
+def read_adapter_config(directory: str | os.PathLike) -> dict:
+    """The folder's ``adapter_config.json``, checked to be a LoRA adapter minilora can load."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        hint = " It holds adapter_model.bin, a pickle, which minilora never loads." \
+            if (Path(directory) / "adapter_model.bin").exists() else ""
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}; is it an adapter folder written by "
+                                f"save_adapter or PEFT's save_pretrained?{hint}")
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AdapterFileError(f"{path} is not valid JSON ({e}); the file is damaged, save the adapter again.") from None
+    if not isinstance(cfg, dict):
+        raise AdapterFileError(f"{path} should hold a JSON object, got {type(cfg).__name__}.")
+    if cfg.get("peft_type") != "LORA":
+        raise AdapterFileError(f"{path} has peft_type={cfg.get('peft_type')!r}; minilora loads LoRA adapters only "
+                               "(peft_type 'LORA'). Load this one with PEFT.")
+    for key, fine in UNSUPPORTED.items():
+        if cfg.get(key, fine[0]) not in fine:
+            raise AdapterFileError(f"{path} sets {key}={cfg[key]!r}, which minilora does not implement; "
+                                   "load this adapter with PEFT.")
+    init = cfg.get("init_lora_weights", True)
+    if isinstance(init, str) and init.lower().startswith(("pissa", "olora", "corda", "loftq", "lora_ga")):
+        raise AdapterFileError(f"{path} has init_lora_weights={init!r}: that method changes the base weights too, "
+                               "so the adapter alone does not reproduce the model. Load it with PEFT.")
+    return cfg
+
+
+def _read_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    path = directory / WEIGHTS_NAME
+    if not path.is_file():
+        hint = (" It holds adapter_model.bin, a pickle, which minilora never loads; re-save it with PEFT's "
+                "save_pretrained(safe_serialization=True).") if (directory / "adapter_model.bin").exists() else ""
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}.{hint}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types; report them plainly
+        raise AdapterFileError(f"{path} ({path.stat().st_size:,d} bytes) is not a readable safetensors file: it is "
+                               f"truncated or corrupt ({type(e).__name__}: {e}). Save the adapter again.") from None
+
+
+def _to_lora_config(cfg: dict, model: nn.Module) -> LoRAConfig:
+    saved = cfg.get("modules_to_save") or None
+    if saved:  # PEFT adds "classifier" and "score" for every classifier; keep the ones this model has
+        names = [n for n, _ in model.named_modules()]
+        saved = [k for k in saved if any(n == k or n.endswith("." + k) for n in names)] or None
+    return LoRAConfig(r=cfg["r"], alpha=cfg["lora_alpha"], dropout=cfg.get("lora_dropout", 0.0),
+                      target_modules=cfg.get("target_modules"), exclude_modules=cfg.get("exclude_modules"),
+                      bias=cfg.get("bias", "none"), modules_to_save=saved, use_rslora=cfg.get("use_rslora", False),
+                      init="gaussian" if cfg.get("init_lora_weights") == "gaussian" else "kaiming")
+
+
+def _optional_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
+    """Keys PEFT may write beyond ours: the embedding table of an adapted embedding
+    (``save_embedding_layers``), and with ``bias="all"`` the saved modules' inner copies."""
+    out = {}
+    for name, layer in lora_layers(model):
+        if isinstance(layer, LoRAEmbedding) and adapter_name in layer.adapters:
+            out[f"{PREFIX}{name}.base_layer.weight"] = layer.base.weight
+    for name, m in _saved_modules(model):
+        if adapter_name in m.modules_to_save:
+            for key, t in m.original_module.state_dict(keep_vars=True).items():
+                out[f"{PREFIX}{name}.original_module.{key}"] = t
+            for key, t in m.modules_to_save[adapter_name].state_dict(keep_vars=True).items():
+                out[f"{PREFIX}{name}.modules_to_save.{key}"] = t
+    return out
+
+
+def _problems(found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+              optional: dict[str, torch.Tensor]) -> list[str]:
+    lines = []
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected and k not in optional]
+    wrong = [k for k in found if k in expected or k in optional
+             if tuple(found[k].shape) != tuple({**optional, **expected}[k].shape)]
+    if missing:
+        lines.append(f"missing from the file ({len(missing)}):")
+        lines += [f"  {k}  (the model expects shape {tuple(expected[k].shape)})" for k in missing]
+    if unexpected:
+        lines.append(f"unexpected in the file, no such place in the model ({len(unexpected)}):")
+        lines += [f"  {k}  (shape {tuple(found[k].shape)})" for k in unexpected]
+    if wrong:
+        lines.append(f"shape mismatch ({len(wrong)}):")
+        lines += [f"  {k}  file {tuple(found[k].shape)}, model {tuple({**optional, **expected}[k].shape)}"
+                  for k in wrong]
+    return lines
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = "default") -> nn.Module:
+    """Load the adapter in ``directory`` (written by ``save_adapter`` or PEFT) as ``adapter_name``.
+
+    Injects the LoRA layers if the model does not have this adapter yet (it then stays inactive
+    if another adapter is active: choose it with ``set_adapter``), or fills the existing
+    adapter of that name. Refuses, naming every key and shape, a file with missing keys, unexpected
+    keys or wrong shapes, and leaves the model as it was."""
+    directory = Path(directory)
+    cfg = read_adapter_config(directory)
+    found = _read_tensors(directory)
+    _check_not_merged(model, "loading an adapter")
+    base = cfg.get("base_model_name_or_path")
+    here = getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
+    try:
+        config = _to_lora_config(cfg, model)
+    except (KeyError, TypeError, ValueError) as e:
+        raise AdapterFileError(f"{directory / CONFIG_NAME} is not a valid LoRA config: {e}") from None
+    existed = adapter_name in list_adapters(model)
+    if existed:
+        have = model.lora_configs[adapter_name]
+        diff = [f"{f}: model {getattr(have, f)!r}, file {getattr(config, f)!r}" for f in ("r", "alpha", "use_rslora")
+                if getattr(have, f) != getattr(config, f)]
+        if diff:
+            raise AdapterFileError(f"the model's adapter {adapter_name!r} differs from the file ({'; '.join(diff)}). "
+                                   "Load the file under another name, or delete_adapter first.")
+    else:
+        grads = [(p, p.requires_grad) for p in model.parameters()]
+        try:
+            add_adapter(model, config, adapter_name)
+        except ValueError as e:
+            raise AdapterFileError(f"the adapter in {directory} (saved from base {base!r}) does not fit this model "
+                                   f"({here}): {e}") from None
+    try:
+        expected = _adapter_tensors(model, adapter_name)
+        optional = _optional_tensors(model, adapter_name)
+        lines = _problems(found, expected, optional)
+        if lines:
+            raise AdapterFileError(
+                f"cannot load the adapter in {directory} into this model ({here}):\n" + "\n".join(lines) +
+                f"\nThe adapter was saved from base model {base!r}. Wrong shapes or names usually mean a different "
+                "base model (or a different head size): load it into the model it was trained on.")
+        with torch.no_grad():
+            for key, t in found.items():
+                dest = expected.get(key, optional.get(key))
+                if key.endswith(".base_layer.weight") and not torch.equal(dest, t.to(dest.dtype)):
+                    warnings.warn(f"{key}: the file carries its own embedding table, which differs from this "
+                                  "model's; it is loaded into the base model (as PEFT does).", stacklevel=2)
+                dest.copy_(t.to(dest.dtype))
+    except BaseException:
+        if not existed:
+            delete_adapter(model, adapter_name)
+            for p, g in grads:
+                p.requires_grad_(g)
+        raise
+    return model
+
+
+__all__ = ["save_adapter", "load_adapter", "adapter_state_dict", "peft_config_dict", "read_adapter_config",
+           "AdapterFileError", "CONFIG_NAME", "WEIGHTS_NAME"]
