@@ -31,6 +31,8 @@ EXPECTED = {
 
 def seed_everything(seed: int = 0) -> None:
     """Seed ``random``, NumPy and torch (CPU and, if present, CUDA) with ``seed``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise TypeError(f"seed must be an int in [0, 2**32), got {seed!r}; e.g. seed_everything(0).")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -54,6 +56,14 @@ def _version(pkg: str) -> str | None:
         return None
 
 
+def _usable_cores() -> int:
+    """Cores this process may run on (the affinity mask in containers), else all cores."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # macOS and Windows have no affinity mask
+        return os.cpu_count() or 1
+
+
 def check_environment() -> list[Check]:
     """Check Python, the pinned packages, CPU threads and the cached models."""
     from . import models  # local import: models imports transformers, which is slow
@@ -65,9 +75,13 @@ def check_environment() -> list[Check]:
         base = (have or "").split("+")[0]
         checks.append(Check(pkg, base == want, have or "missing",
                             f"run `make lab` (or pip install -e '.[dev]') to get {pkg}=={want}"))
-    threads, cores = torch.get_num_threads(), os.cpu_count() or 1
-    checks.append(Check("cpu threads", 1 <= threads <= cores, f"torch uses {threads} of {cores} cores",
-                        "unset OMP_NUM_THREADS, or set it to your number of cores"))
+    threads, cores = torch.get_num_threads(), _usable_cores()
+    detail = f"torch uses {threads} of {cores} cores"
+    if threads == 1 < cores:  # works, only slower; some clusters and containers set this on purpose
+        detail += " (OMP_NUM_THREADS=1? unset it and restart the kernel for faster notebooks)"
+    checks.append(Check("cpu threads", 1 <= threads <= cores, detail,
+                        "more threads than cores slows everything down: unset OMP_NUM_THREADS, "
+                        "or set it to your number of cores, and restart the kernel"))
     checks.append(Check("cuda", True, "available" if torch.cuda.is_available() else
                         "not needed: the whole course runs on the CPU"))
     for name, path in models.cached_models().items():
@@ -83,4 +97,10 @@ def print_environment(checks: list[Check] | None = None) -> bool:
     for c in checks:
         mark = "ok " if c.ok else "FIX"
         print(f"[{mark}] {c.name:<{width}}  {c.detail}" + ("" if c.ok else f"  -> {c.fix}"))
-    return all(c.ok for c in checks)
+    bad = sum(not c.ok for c in checks)
+    if bad:
+        print(f"{bad} problem{'s' if bad > 1 else ''}: do what each FIX line says, then restart the kernel "
+              "and run the notebook again.")
+    else:
+        print("Everything is ready.")
+    return not bad
