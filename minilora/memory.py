@@ -117,7 +117,9 @@ def lora_trainable_count(model_or_config: Model, r: int, targets: Union[Sequence
     """Parameters LoRA of rank ``r`` trains: ``r * (in + out)`` summed over the linear layers
     (plain, NF4, or already LoRA-wrapped) that ``targets`` selects, as ``LoRAConfig.target_modules``
     does: a list of names (a layer matches ``key`` if its name is ``key`` or ends in ``.key``), a
-    regular expression matched against the full name, or ``"all-linear"`` (all but the output head)."""
+    regular expression matched against the full name, or ``"all-linear"`` (all but the output head).
+    It also counts layers that are already NF4 or LoRA, which ``counting.lora_count`` cannot."""
+    from .inject import HEAD_NAMES
     from .layers import LoRALinear
 
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
@@ -132,7 +134,8 @@ def lora_trainable_count(model_or_config: Model, r: int, targets: Union[Sequence
         if isinstance(mod, (nn.Linear, LoRALinear)) or getattr(mod, "is_quantized", False):
             names.append(name)
             if targets == "all-linear":
-                hit = mod is not head and name.rsplit(".", 1)[-1] != "lm_head"
+                parts = name.split(".")
+                hit = mod is not head and parts[-1] not in HEAD_NAMES and parts[0] not in HEAD_NAMES
             elif isinstance(targets, str):
                 hit = re.fullmatch(targets, name) is not None
             else:
@@ -216,7 +219,8 @@ def memory_table(breakdowns: Sequence[MemoryBreakdown]) -> str:
     return "\n".join(lines) + ("" if show else "\n(1 GB = 10^9 bytes; activations not included)")
 
 
-def training_memory(model_or_config: Model, trainable: Union[str, int] = "all", weight_dtype=torch.bfloat16,
+def training_memory(model_or_config: Model, trainable: Union[str, int, "LoRAConfig"] = "all",  # noqa: F821
+                    weight_dtype=torch.bfloat16,
                     optimizer: str = "adamw", master_weights: Optional[bool] = None,
                     adapter_dtype=torch.float32, activations: Union[int, "ActivationEstimate", None] = None,
                     label: str = "", **weight_kw) -> MemoryBreakdown:
@@ -227,11 +231,22 @@ def training_memory(model_or_config: Model, trainable: Union[str, int] = "all", 
     16-bit, an fp32 master copy. ``trainable=n`` (e.g. ``lora_trainable_count(cfg, r=8, targets=...)``):
     a frozen base in ``weight_dtype`` (a float dtype, "nf4" or "nf4-dq") plus ``n`` adapter
     parameters in ``adapter_dtype`` with gradients and optimizer state (16 bytes each in fp32).
+    ``trainable=LoRAConfig(...)``: ``n`` is what ``inject_lora`` would make trainable (LoRA
+    matrices, biases, modules_to_save), counted on a meta copy of the base model.
     ``activations``: bytes, or an ``activation_memory_estimate``, to add a row. ``weight_kw``
     goes to ``weight_bytes`` (``other_dtype``, ``skip``, ``blocksize``)."""
     if optimizer not in OPTIMIZER_STATE_BYTES:
         raise ValueError(f"optimizer must be one of {list(OPTIMIZER_STATE_BYTES)}, got {optimizer!r}.")
+    from .config import LoRAConfig
+
     model = _as_model(model_or_config)
+    if isinstance(trainable, LoRAConfig):
+        if any(getattr(m, "is_quantized", False) for m in model.modules()):
+            raise ValueError("this model already has NF4 layers, which inject_lora does not count; pass "
+                             "trainable=lora_trainable_count(model, r, targets) instead.")
+        from .counting import lora_count
+
+        trainable = lora_count(model, trainable)[0]
     n_params, state = parameter_count(model), OPTIMIZER_STATE_BYTES[optimizer]
     weights = weight_bytes(model, weight_dtype, **weight_kw)
     if trainable == "all":
@@ -244,7 +259,8 @@ def training_memory(model_or_config: Model, trainable: Union[str, int] = "all", 
         n, grad_size = trainable, _parse_dtype(adapter_dtype)[0]
         weights += n * grad_size
     else:
-        raise ValueError(f"trainable must be 'all' or a number of adapter parameters, got {trainable!r}.")
+        raise ValueError(f"trainable must be 'all', a number of adapter parameters or a LoRAConfig, "
+                         f"got {trainable!r}.")
     if master_weights is None:
         master_weights = grad_size < 4
     act = getattr(activations, "total", activations) or 0

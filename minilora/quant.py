@@ -56,6 +56,8 @@ def nf4_codebook(offset: float = NF4_OFFSET) -> torch.Tensor:
 
 NF4 = nf4_codebook()
 """The NF4 code book: code ``i`` (0..15) stands for ``NF4[i]``; code 7 is exactly 0."""
+_BYTE_VALUES = torch.stack([NF4.repeat_interleave(16), NF4.repeat(16)], dim=1)
+"""Row ``b`` holds the two values that byte ``b`` stands for (high nibble first): one lookup per byte."""
 
 
 def _check_blocksize(blocksize: int, what: str = "blocksize") -> None:
@@ -63,16 +65,20 @@ def _check_blocksize(blocksize: int, what: str = "blocksize") -> None:
         raise ValueError(f"{what} must be a positive even integer (e.g. 64), got {blocksize!r}.")
 
 
+def _pack(codes: torch.Tensor) -> torch.Tensor:
+    c = codes.reshape(-1).to(torch.int32)  # int32 arithmetic is much faster than uint8 shifts on CPU
+    c = torch.cat([c, c.new_zeros(1)]) if c.numel() % 2 else c
+    pairs = c.view(-1, 2)
+    return (pairs[:, 0] * 16 + pairs[:, 1]).to(torch.uint8)
+
+
 def pack_4bit(codes: torch.Tensor) -> torch.Tensor:
     """Pack 4-bit codes (integers 0..15) two per byte: element 2k high nibble, 2k+1 low nibble."""
     if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
         raise ValueError(f"codes must be an integer tensor of values 0..15, got dtype {codes.dtype}.")
-    c = codes.reshape(-1).to(torch.uint8)
-    if c.numel() and (codes.min() < 0 or codes.max() > 15):
+    if codes.numel() and (codes.min() < 0 or codes.max() > 15):
         raise ValueError("codes must lie in 0..15 (4 bits each).")
-    if c.numel() % 2:
-        c = torch.cat([c, c.new_zeros(1)])
-    return (c[0::2] << 4) | c[1::2]
+    return _pack(codes)
 
 
 def unpack_4bit(packed: torch.Tensor, n: int) -> torch.Tensor:
@@ -80,7 +86,8 @@ def unpack_4bit(packed: torch.Tensor, n: int) -> torch.Tensor:
     if packed.dtype != torch.uint8 or not 0 <= n <= 2 * packed.numel():
         raise ValueError(f"need a uint8 tensor of at least ceil(n/2) bytes; got {packed.dtype}, "
                          f"{packed.numel()} bytes for n={n}.")
-    return torch.stack([packed >> 4, packed & 0x0F], dim=-1).reshape(-1)[:n]
+    p = packed.reshape(-1).to(torch.int32)
+    return torch.stack([p >> 4, p & 0x0F], dim=-1).reshape(-1)[:n].to(torch.uint8)
 
 
 def nf4_nbytes(numel: int, blocksize: int = 64, double_quant: bool = False, dq_blocksize: int = 256) -> int:
@@ -145,16 +152,18 @@ def quantize_nf4(w: torch.Tensor, blocksize: int = 64, double_quant: bool = Fals
                          f"{w.dtype if isinstance(w, torch.Tensor) else type(w).__name__}.")
     _check_blocksize(blocksize)
     _check_blocksize(dq_blocksize, "dq_blocksize")
-    if w.numel() == 0 or not torch.isfinite(w).all():
-        raise ValueError("quantize_nf4 needs a non-empty tensor of finite numbers (no NaN or inf).")
+    if w.numel() == 0:
+        raise ValueError("quantize_nf4 needs a non-empty tensor.")
     flat = w.detach().reshape(-1).float()
     n = flat.numel()
-    blocks = F.pad(flat, (0, -n % blocksize)).view(-1, blocksize)
+    blocks = (F.pad(flat, (0, -n % blocksize)) if n % blocksize else flat).view(-1, blocksize)
     absmax = blocks.abs().amax(dim=1)
+    if not torch.isfinite(absmax).all():
+        raise ValueError("quantize_nf4 needs finite numbers; this tensor holds NaN or inf.")
     scaled = blocks / torch.where(absmax > 0, absmax, torch.ones_like(absmax))[:, None]
     code = NF4.to(w.device)
-    codes = torch.bucketize(scaled, (code[1:] + code[:-1]) / 2).reshape(-1)[:n]
-    q = NF4Tensor(pack_4bit(codes), absmax, w.shape, w.dtype, blocksize, dq_blocksize=dq_blocksize)
+    codes = torch.bucketize(scaled, (code[1:] + code[:-1]) / 2, out_int32=True).reshape(-1)[:n]
+    q = NF4Tensor(_pack(codes), absmax, w.shape, w.dtype, blocksize, dq_blocksize=dq_blocksize)
     if double_quant:
         mean = absmax.mean()
         c = F.pad(absmax - mean, (0, -absmax.numel() % dq_blocksize)).view(-1, dq_blocksize)
@@ -170,8 +179,10 @@ def dequantize_nf4(q: NF4Tensor, dtype: Optional[torch.dtype] = None) -> torch.T
     if not isinstance(q, NF4Tensor):
         raise ValueError(f"dequantize_nf4 takes an NF4Tensor (from quantize_nf4), got {type(q).__name__}.")
     n, bs = q.numel, q.blocksize
-    values = NF4.to(q.codes.device)[unpack_4bit(q.codes, n).long()]
-    values = F.pad(values, (0, -n % bs)).view(-1, bs) * q.block_absmax()[:, None]
+    values = F.embedding(q.codes.reshape(-1).to(torch.int32), _BYTE_VALUES.to(q.codes.device)).reshape(-1)
+    absmax = q.block_absmax()
+    pad = absmax.numel() * bs - values.numel()  # >= 0: bs is even, so at most the last block is partial
+    values = (F.pad(values, (0, pad)) if pad else values).view(-1, bs) * absmax[:, None]
     return values.reshape(-1)[:n].reshape(q.shape).to(dtype or q.dtype)
 
 

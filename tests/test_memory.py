@@ -64,6 +64,25 @@ def test_lora_count_agrees_with_inject():
     cfg = llama2_config("7b")
     for r, targets in ((8, ["q_proj", "v_proj"]), (16, SEVEN), (4, "all-linear")):
         assert lora_trainable_count(cfg, r, targets) == lora_count(cfg, LoRAConfig(r=r, target_modules=targets))[0]
+    bert = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=50)
+    from transformers import BertForSequenceClassification
+    with torch.device("meta"):
+        clf = BertForSequenceClassification(bert)
+    for targets in (["query", "value"], "all-linear", ["dense"]):  # all-linear leaves the classifier out
+        assert lora_trainable_count(clf, 4, targets) == lora_count(clf, LoRAConfig(r=4, target_modules=targets))[0]
+
+
+def test_lora_config_as_trainable(cfg7):
+    from minilora.config import LoRAConfig
+
+    t = lora_trainable_count(cfg7, 16, SEVEN)
+    assert training_memory(cfg7, LoRAConfig(r=16, target_modules=SEVEN)).total == 2 * P7 + 16 * t
+    assert training_memory(cfg7, LoRAConfig(r=8)).n_trainable == 4_194_304  # Llama default: q_proj, v_proj
+    cfg, model = _tiny_llama()
+    quantize_model_nf4(model)
+    with pytest.raises(ValueError, match="lora_trainable_count"):
+        training_memory(model, LoRAConfig(r=8))
+    assert lora_trainable_count(model, 2, ["q_proj"]) == 2 * 2 * (40 + 40)  # NF4 layers still count
 
 
 def test_lora_memory_16_bytes_per_trainable(cfg7):

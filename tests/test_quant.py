@@ -63,6 +63,16 @@ def test_bad_input(w):
         quantize_nf4(w)
 
 
+def test_codes_are_nearest_codebook_values():
+    torch.manual_seed(2)
+    w = torch.randn(40, 64)  # reference: bitsandbytes' CPU kernel, argmin |w/absmax - NF4|
+    absmax = w.abs().amax(dim=1, keepdim=True)
+    ref = (w / absmax)[..., None].sub(NF4).abs().argmin(-1).reshape(-1)
+    q = quantize_nf4(w, blocksize=64)
+    assert torch.equal(unpack_4bit(q.codes, w.numel()).long(), ref)
+    assert torch.equal(q.absmax, absmax.squeeze(1))
+
+
 def test_codebook_points_are_exact():
     w = torch.cat([NF4 * 3.0, NF4.flip(0) * 0.25])  # two blocks of 16, absmax 3 and 0.25
     q = quantize_nf4(w, blocksize=16)
