@@ -204,9 +204,9 @@ class MemoryBreakdown:
     def __str__(self) -> str:
         head = (f"{self.label or 'training memory'}: {self.n_trainable:,} trainable of {self.n_params:,} "
                 f"parameters ({100 * self.n_trainable / self.n_params:.3g}%)")
-        note = "" if self.activations else "  (activations not included)"
         body = [f"  {name:<16}{b / GB:>9.2f} GB" for name, b in self.rows()]
-        return "\n".join([head] + body) + note + " (1 GB = 10^9 bytes)"
+        note = "(1 GB = 10^9 bytes" + ("; activations not included)" if not self.activations else ")")
+        return "\n".join([head] + body + [note])
 
 
 def memory_table(breakdowns: Sequence[MemoryBreakdown]) -> str:
@@ -220,10 +220,11 @@ def memory_table(breakdowns: Sequence[MemoryBreakdown]) -> str:
 
 
 def training_memory(model_or_config: Model, trainable: Union[str, int, "LoRAConfig"] = "all",  # noqa: F821
-                    weight_dtype=torch.bfloat16,
-                    optimizer: str = "adamw", master_weights: Optional[bool] = None,
-                    adapter_dtype=torch.float32, activations: Union[int, "ActivationEstimate", None] = None,
-                    label: str = "", **weight_kw) -> MemoryBreakdown:
+                    weight_dtype=torch.bfloat16, optimizer: str = "adamw",
+                    master_weights: Optional[bool] = None, adapter_dtype=torch.float32,
+                    activations: Union[int, "ActivationEstimate", None] = None, label: str = "",
+                    other_dtype=torch.bfloat16, skip: Sequence[str] = ("lm_head",),
+                    blocksize: int = 64) -> MemoryBreakdown:
     """Training memory of a model (or config), broken down as in the module docstring.
 
     ``trainable="all"``: a full fine-tune of every base parameter, stored in ``weight_dtype``,
@@ -233,8 +234,8 @@ def training_memory(model_or_config: Model, trainable: Union[str, int, "LoRAConf
     parameters in ``adapter_dtype`` with gradients and optimizer state (16 bytes each in fp32).
     ``trainable=LoRAConfig(...)``: ``n`` is what ``inject_lora`` would make trainable (LoRA
     matrices, biases, modules_to_save), counted on a meta copy of the base model.
-    ``activations``: bytes, or an ``activation_memory_estimate``, to add a row. ``weight_kw``
-    goes to ``weight_bytes`` (``other_dtype``, ``skip``, ``blocksize``)."""
+    ``activations``: bytes, or an ``activation_memory_estimate``, to add a row. ``other_dtype``,
+    ``skip``, ``blocksize``: how an NF4 base is stored, as in ``weight_bytes``."""
     if optimizer not in OPTIMIZER_STATE_BYTES:
         raise ValueError(f"optimizer must be one of {list(OPTIMIZER_STATE_BYTES)}, got {optimizer!r}.")
     from .config import LoRAConfig
@@ -248,7 +249,7 @@ def training_memory(model_or_config: Model, trainable: Union[str, int, "LoRAConf
 
         trainable = lora_count(model, trainable)[0]
     n_params, state = parameter_count(model), OPTIMIZER_STATE_BYTES[optimizer]
-    weights = weight_bytes(model, weight_dtype, **weight_kw)
+    weights = weight_bytes(model, weight_dtype, other_dtype, skip, blocksize)
     if trainable == "all":
         size, quant = _parse_dtype(weight_dtype)
         if quant:
@@ -296,8 +297,8 @@ def activation_memory_estimate(config, batch: int, seq_len: int, dtype=torch.bfl
 
     Per transformer layer, 16-bit, no recomputation (Korthikanti et al. 2022, eq. 2, a GPT layer
     with a 4h MLP and dropout masks): :math:`sbh(34 + 5as/h)` bytes for sequence length s, batch
-    b, hidden size h and a heads (the :math:`5as^2b` term is the attention matrix, which fused
-    "flash" attention avoids). Llama's gated MLP, grouped KV heads and missing dropout shift this by
+    b, hidden size h and a heads. The :math:`5as^2b` term is the attention matrix, which fused
+    ("flash") attention never stores: ``flash_attention=True`` drops it. Llama's gated MLP, grouped KV heads and missing dropout shift this by
     tens of percent: read it as an order of magnitude. With full checkpointing each layer keeps
     only its 16-bit input, :math:`2sbh`, and one layer's activations are rebuilt at a time. Other
     dtypes scale by itemsize/2. Plus the fp32 logits the loss reads: :math:`4 b s V`."""
@@ -319,20 +320,17 @@ def activation_memory_estimate(config, batch: int, seq_len: int, dtype=torch.bfl
 
 
 def _rss_reader():
-    """A function returning this process's resident memory in bytes now, and its method name."""
+    """(a function giving this process's resident memory in bytes now, a function to call when
+    done, the method's name); (None, None, "ru_maxrss") where neither /proc nor psutil exists."""
     if os.path.exists("/proc/self/statm"):
-        page, f = os.sysconf("SC_PAGE_SIZE"), open("/proc/self/statm", "rb")
-
-        def read() -> int:
-            f.seek(0)
-            return int(f.read().split()[1]) * page
-        return read, "/proc/self/statm"
+        page, fd = os.sysconf("SC_PAGE_SIZE"), os.open("/proc/self/statm", os.O_RDONLY)
+        return (lambda: int(os.pread(fd, 256, 0).split()[1]) * page), (lambda: os.close(fd)), "/proc/self/statm"
     try:
         import psutil
-        proc = psutil.Process()
-        return (lambda: proc.memory_info().rss), "psutil"
     except ImportError:
-        return None, "ru_maxrss"
+        return None, None, "ru_maxrss"
+    proc = psutil.Process()
+    return (lambda: proc.memory_info().rss), (lambda: None), "psutil"
 
 
 @dataclass
@@ -356,7 +354,7 @@ class PeakRSS:
 
 
 @contextmanager
-def measure_peak_rss(interval: float = 0.001) -> Iterator[PeakRSS]:
+def measure_peak_rss(interval: float = 0.002) -> Iterator[PeakRSS]:
     """Measure the peak resident memory (RSS) of the code in a ``with`` block, minus what was
     resident when it began. A background thread samples the RSS every ``interval`` seconds
     (Linux: /proc/self/statm; elsewhere psutil if installed), so spikes shorter than that can be
@@ -367,18 +365,24 @@ def measure_peak_rss(interval: float = 0.001) -> Iterator[PeakRSS]:
     gc.collect()
     try:
         ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing to trim
         pass
-    read, method = _rss_reader()
+    read, close, method = _rss_reader()
     res = PeakRSS(method=method)
     if read is None:
-        import resource
-
-        unit = 1 if sys.platform == "darwin" else 1024
+        try:
+            import resource
+        except ImportError:  # Windows without psutil
+            res.method, res.note = "none", "cannot read memory use here; pip install psutil"
+            yield res
+            return
+        unit = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
         res.baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
         res.note = "lifetime-maximum RSS only: a lower bound, 0 when the block stayed below an earlier peak"
-        yield res
-        res.peak, res.samples = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit, 1
+        try:
+            yield res
+        finally:
+            res.peak, res.samples = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit, 1
         return
     res.baseline = res.peak = read()
     stop = threading.Event()
@@ -396,3 +400,4 @@ def measure_peak_rss(interval: float = 0.001) -> Iterator[PeakRSS]:
         stop.set()
         thread.join()
         res.peak, res.samples = max(res.peak, read()), res.samples + 1
+        close()

@@ -208,3 +208,19 @@ def test_measure_peak_rss_side_by_side():
         nn.Linear(10, 10)
     assert idle.delta < 100e6
     assert "MB" in str(idle)
+
+
+def test_measure_peak_rss_fallbacks(monkeypatch):
+    import minilora.memory as mem
+
+    real_exists = mem.os.path.exists
+    monkeypatch.setattr(mem.os.path, "exists", lambda p: False if p == "/proc/self/statm" else real_exists(p))
+    pytest.importorskip("psutil")
+    with measure_peak_rss() as m:
+        x = torch.ones(50_000_000)
+    assert m.method == "psutil" and m.delta >= 180e6
+    del x
+    monkeypatch.setattr(mem, "_rss_reader", lambda: (None, None, "ru_maxrss"))
+    with measure_peak_rss() as m:
+        pass
+    assert m.method == "ru_maxrss" and "lower bound" in m.note and m.delta >= 0 and "lower bound" in str(m)

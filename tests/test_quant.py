@@ -12,7 +12,7 @@ from minilora.quant import (NF4, LinearNF4, NF4Tensor, dequantize_nf4, nf4_codeb
 
 PAPER = [-1, -0.6962, -0.5251, -0.3949, -0.2844, -0.1848, -0.0911, 0, 0.0796, 0.1609, 0.2461, 0.3379,
          0.4407, 0.5626, 0.7230, 1]
-# bitsandbytes' hard-coded NF4 table (functional.py / kernels), to float32 precision
+# bitsandbytes' hard-coded NF4 table (its CPU kernel and create_normal_map), in float32
 BNB = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
        -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
        0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
@@ -23,7 +23,7 @@ HALF_GAP = (NF4[1:] - NF4[:-1]).max().item() / 2
 def test_codebook_values():
     assert NF4.dtype == torch.float32 and NF4.shape == (16,)
     torch.testing.assert_close(NF4, torch.tensor(PAPER), atol=1e-4, rtol=0)
-    torch.testing.assert_close(NF4, torch.tensor(BNB), atol=1e-6, rtol=0)
+    assert torch.equal(NF4, torch.tensor(BNB))  # bit for bit
     assert NF4[7] == 0 and NF4[0] == -1 and NF4[15] == 1 and bool((NF4[1:] > NF4[:-1]).all())
     assert not torch.equal(nf4_codebook(0.99), NF4)  # the offset matters
     with pytest.raises(ValueError):
@@ -280,3 +280,22 @@ def test_quantize_model_nf4_bad_input_and_tied():
     m[1].weight = m[0].weight
     report = quantize_model_nf4(m, skip=())
     assert report.skipped == {"1": "weight tied to another parameter"} and not report.replaced
+
+
+def test_qlora_after_inject_lora():
+    from minilora.config import LoRAConfig
+    from minilora.inject import inject_lora, merge_and_unload, trainable_parameters
+
+    model = _tiny_llama()
+    inject_lora(model, LoRAConfig(r=4, alpha=8, target_modules="all-linear", modules_to_save=["lm_head"]))
+    trainable_before = trainable_parameters(model)[0]
+    report = quantize_model_nf4(model)
+    assert len(report.replaced) == 2 * 7 and all(n.endswith(".base") for n in report.replaced)
+    assert all("lm_head" in n for n in report.skipped)  # the head and its trainable copy stay full precision
+    assert trainable_parameters(model)[0] == trainable_before
+    ids = torch.randint(0, 120, (2, 6))
+    model(ids, labels=ids).loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert len(grads) > 0 and all(g is not None for g in grads)
+    with pytest.raises(RuntimeError, match="quantized"):
+        merge_and_unload(model)
