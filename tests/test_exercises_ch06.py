@@ -1,0 +1,144 @@
+"""Chapter 06 checkers: a stub is 'not attempted', each typical mistake fails with its hint, the solution passes."""
+import pytest
+import torch
+
+from minilora.exercises import ch06
+
+
+def stub(*args):
+    raise NotImplementedError
+
+
+# Exercise 6.1 --------------------------------------------------------------------------------------
+def stacked_delta(layer, names):
+    return sum(layer.scaling[n] * layer.lora_B[n] @ layer.lora_A[n] for n in names)
+
+
+STACKED_WRONG = {
+    "transposed": lambda layer, names: stacked_delta(layer, names).T,
+    "no scaling": lambda layer, names: sum(layer.lora_B[n] @ layer.lora_A[n] for n in names),
+    "first scaling only": lambda layer, names: layer.scaling[names[0]] * sum(layer.lora_B[n] @ layer.lora_A[n]
+                                                                             for n in names),
+    "every adapter": lambda layer, names: stacked_delta(layer, layer.adapters),
+    "first name only": lambda layer, names: stacked_delta(layer, names[:1]),
+    "a list": lambda layer, names: stacked_delta(layer, names).tolist(),
+    "mean instead of sum": lambda layer, names: stacked_delta(layer, names) / len(names),
+}
+
+
+# Exercise 6.2 --------------------------------------------------------------------------------------
+def concat_merge(As, Bs, scalings, weights):
+    A = torch.cat([w * s * a for a, s, w in zip(As, scalings, weights)])
+    return A, torch.cat(Bs, dim=1)
+
+
+def _peft_linear(As, Bs, s, w):
+    """PEFT's "linear": sum the square-root-weighted A's and B's separately (cross terms)."""
+    import math
+    A = sum(math.copysign(math.sqrt(abs(wi * si)), wi * si) * a for a, si, wi in zip(As, s, w))
+    B = sum(math.sqrt(abs(wi * si)) * b for b, si, wi in zip(Bs, s, w))
+    return A, B
+
+
+CONCAT_WRONG = {
+    "weights twice": lambda As, Bs, s, w: (torch.cat([wi * si * a for a, si, wi in zip(As, s, w)]),
+                                           torch.cat([wi * b for b, wi in zip(Bs, w)], dim=1)),
+    "no weights": lambda As, Bs, s, w: concat_merge(As, Bs, s, [1.0] * len(w)),
+    "no scalings": lambda As, Bs, s, w: concat_merge(As, Bs, [1.0] * len(s), w),
+    "cat on the wrong dim": lambda As, Bs, s, w: (torch.cat(As, dim=1), torch.cat(Bs, dim=0)),
+    "peft linear (cross terms)": _peft_linear,
+    "one tensor": lambda As, Bs, s, w: concat_merge(As, Bs, s, w)[0],
+}
+
+
+# Exercise 6.3 --------------------------------------------------------------------------------------
+def truncate(delta, k):
+    U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
+    return U[:, :k] * S[:k], Vh[:k]
+
+
+def _svd(delta):
+    return torch.linalg.svd(delta, full_matrices=False)
+
+
+TRUNCATE_WRONG = {
+    "no singular values": lambda d, k: (_svd(d)[0][:, :k], _svd(d)[2][:k]),
+    "smallest k": lambda d, k: (_svd(d)[0][:, -k:] * _svd(d)[1][-k:], _svd(d)[2][-k:]),
+    "(A, B) order": lambda d, k: truncate(d, k)[::-1],
+    "rank k + 1": lambda d, k: truncate(d, k + 1),
+    "random factors": lambda d, k: (torch.randn(d.shape[0], k), torch.randn(k, d.shape[1])),
+}
+
+
+# Exercise 6.4 --------------------------------------------------------------------------------------
+def peft_keys(path, is_embedding):
+    if is_embedding:
+        return f"base_model.model.{path}.lora_embedding_A", f"base_model.model.{path}.lora_embedding_B"
+    return f"base_model.model.{path}.lora_A.weight", f"base_model.model.{path}.lora_B.weight"
+
+
+KEYS_WRONG = {
+    "with the adapter name": lambda p, e: tuple(k.replace("lora_A", "lora_A.default").replace("lora_B", "lora_B.default")
+                                                for k in peft_keys(p, e)),
+    "no prefix": lambda p, e: tuple(k.removeprefix("base_model.model.") for k in peft_keys(p, e)),
+    "B first": lambda p, e: peft_keys(p, e)[::-1],
+    ".weight on embeddings": lambda p, e: (f"base_model.model.{p}.lora_embedding_A.weight",
+                                           f"base_model.model.{p}.lora_embedding_B.weight") if e else peft_keys(p, e),
+    "embedding names everywhere": lambda p, e: peft_keys(p, True),
+    "no .weight": lambda p, e: tuple(k.removesuffix(".weight") for k in peft_keys(p, e)),
+    "one string": lambda p, e: peft_keys(p, e)[0],
+}
+
+CASES = [
+    (ch06.check_stacked_delta, stacked_delta, STACKED_WRONG),
+    (ch06.check_concat_merge, concat_merge, CONCAT_WRONG),
+    (ch06.check_truncate, truncate, TRUNCATE_WRONG),
+    (ch06.check_peft_keys, peft_keys, KEYS_WRONG),
+]
+
+
+@pytest.mark.parametrize("check", [c for c, _, _ in CASES], ids=lambda c: c.__name__)
+def test_stub_is_not_attempted(check, capsys):
+    assert check(stub) is None
+    assert "not attempted yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("check,solution", [(c, s) for c, s, _ in CASES], ids=lambda x: x.__name__)
+def test_solution_passes(check, solution, capsys):
+    assert check(solution) is True
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("check,wrong", [(c, w) for c, _, ws in CASES for w in ws.values()],
+                         ids=[f"{c.__name__}-{k}" for c, _, ws in CASES for k in ws])
+def test_wrong_answer_fails_with_a_hint(check, wrong, capsys):
+    assert check(wrong) is False
+    assert "Hint:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong,fragment", [
+    (STACKED_WRONG["transposed"], "not A.T @ B.T"),
+    (STACKED_WRONG["no scaling"], "by its own scaling"),
+    (STACKED_WRONG["first scaling only"], "each adapter has its own scaling"),
+    (STACKED_WRONG["every adapter"], "sum only the adapters in `names`"),
+    (STACKED_WRONG["first name only"], "not just the first"),
+    (CONCAT_WRONG["weights twice"], "applied twice"),
+    (CONCAT_WRONG["no weights"], "forgot the weights"),
+    (CONCAT_WRONG["no scalings"], "forgot each adapter's scaling"),
+    (CONCAT_WRONG["cat on the wrong dim"], "stack the A's"),
+    (CONCAT_WRONG["peft linear (cross terms)"], "stack the A's"),
+    (TRUNCATE_WRONG["no singular values"], "singular values are missing"),
+    (TRUNCATE_WRONG["smallest k"], "keep the FIRST k"),
+    (TRUNCATE_WRONG["(A, B) order"], "in that order"),
+    (TRUNCATE_WRONG["rank k + 1"], "Keep k columns"),
+    (KEYS_WRONG["with the adapter name"], "PEFT strips it"),
+    (KEYS_WRONG["no prefix"], "base_model.model."),
+    (KEYS_WRONG["B first"], "A first, then B"),
+    (KEYS_WRONG[".weight on embeddings"], "no '.weight' after them"),
+    (KEYS_WRONG["embedding names everywhere"], "is a linear layer"),
+    (KEYS_WRONG["no .weight"], "end in '.weight'"),
+])
+def test_hints_are_specific(wrong, fragment, capsys):
+    check = next(c for c, _, ws in CASES if any(w is wrong for w in ws.values()))
+    assert check(wrong) is False
+    assert fragment in capsys.readouterr().out
