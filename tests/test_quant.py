@@ -299,3 +299,15 @@ def test_qlora_after_inject_lora():
     assert len(grads) > 0 and all(g is not None for g in grads)
     with pytest.raises(RuntimeError, match="quantized"):
         merge_and_unload(model)
+
+
+def test_qlora_adapter_dtype_without_bias():
+    torch.manual_seed(0)
+    layer = LoRALinear(LinearNF4.from_linear(_linear(bias=False, dtype=torch.bfloat16)), r=4, alpha=8)
+    A, B = layer.get_lora_AB()
+    assert A.dtype == B.dtype == torch.float32  # adapters in fp32 on a bf16-computing NF4 base
+    x = torch.randn(3, 96, dtype=torch.bfloat16)
+    y = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert A.grad is not None and A.grad.dtype == torch.float32
