@@ -95,7 +95,8 @@ def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
             continue
         if isinstance(module, (*LoRALayer, ModulesToSave)):
             skip.append(name)
-        if isinstance(module, (nn.Linear, nn.Embedding, *LoRALayer)) or (Conv1D and isinstance(module, Conv1D)):
+        if (isinstance(module, (nn.Linear, nn.Embedding, *LoRALayer)) or (Conv1D and isinstance(module, Conv1D))
+                or getattr(module, "is_quantized", False)):  # an NF4 linear (chapter 08): QLoRA
             out.append((name, module))
     return out
 
@@ -223,9 +224,11 @@ def mark_only_lora_trainable(model: nn.Module, bias: str = "none") -> None:
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
-    """``(trainable, total)`` parameter counts."""
+    """``(trainable, total)`` parameter counts; a quantized (NF4) weight, stored packed as a
+    buffer, counts as the ``in * out`` numbers it stands for, as PEFT counts 4-bit weights."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
+    total += sum(m.in_features * m.out_features for m in model.modules() if getattr(m, "is_quantized", False))
     return trainable, total
 
 

@@ -241,7 +241,8 @@ class LoRALinear(_LoRAMixin, nn.Module):
                 "low rank, and LoRA trains more parameters than a full fine-tune of this layer would.",
                 stacklevel=2,
             )
-        ref = next(self.base.parameters(), None)
+        ref = next(self.base.parameters(), None)  # an NF4 base may hold only buffers (its packed weight)
+        ref = ref if ref is not None else next(self.base.buffers(), None)
         device = ref.device if ref is not None else None
         dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
         A = torch.empty(r, self.in_features, device=device, dtype=dtype)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import ctypes
 import gc
 import os
-import re
 import sys
 import threading
 import time
@@ -114,38 +113,24 @@ def model_nbytes(model: nn.Module) -> int:
 
 
 def lora_trainable_count(model_or_config: Model, r: int, targets: Union[Sequence[str], str]) -> int:
-    """Parameters LoRA of rank ``r`` trains: ``r * (in + out)`` summed over the linear layers
-    (plain, NF4, or already LoRA-wrapped) that ``targets`` selects, as ``LoRAConfig.target_modules``
-    does: a list of names (a layer matches ``key`` if its name is ``key`` or ends in ``.key``), a
-    regular expression matched against the full name, or ``"all-linear"`` (all but the output head).
-    It also counts layers that are already NF4 or LoRA, which ``counting.lora_count`` cannot."""
-    from .inject import HEAD_NAMES
-    from .layers import LoRALinear
+    """Parameters LoRA of rank ``r`` trains: ``r * (in + out)`` summed over the layers that
+    ``targets`` selects, exactly as ``LoRAConfig.target_modules`` does (a list of names, a regular
+    expression, or ``"all-linear"``). Plain, NF4 and already LoRA-wrapped layers all count."""
+    from .config import LoRAConfig
+    from .inject import resolve_targets
+    from .layers import LoRAEmbedding
 
-    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-        raise ValueError(f"r must be a positive integer, got {r!r}.")
     model = _as_model(model_or_config)
-    get_out = getattr(model, "get_output_embeddings", None)
-    head = get_out() if callable(get_out) else None
-    total, names, inside = 0, [], None
-    for name, mod in model.named_modules():
-        if inside and name.startswith(inside):  # the base inside a LoRALinear: counted already
-            continue
-        if isinstance(mod, (nn.Linear, LoRALinear)) or getattr(mod, "is_quantized", False):
-            names.append(name)
-            if targets == "all-linear":
-                parts = name.split(".")
-                hit = mod is not head and parts[-1] not in HEAD_NAMES and parts[0] not in HEAD_NAMES
-            elif isinstance(targets, str):
-                hit = re.fullmatch(targets, name) is not None
-            else:
-                hit = any(name == k or name.endswith("." + k) for k in targets)
-            total += r * (mod.in_features + mod.out_features) if hit else 0
-            inside = name + "." if isinstance(mod, LoRALinear) else inside
-    if total == 0:
-        short = dict.fromkeys(n.rsplit(".", 1)[-1] for n in names)
-        raise ValueError(f"targets={targets!r} matched no linear layer; linear layers in this model: "
-                         f"{', '.join(short)}.")
+    total = 0
+    config = LoRAConfig(r=r, target_modules=targets if isinstance(targets, str) else list(targets))
+    for name in resolve_targets(model, config):
+        mod = model.get_submodule(name)
+        if isinstance(mod, (nn.Embedding, LoRAEmbedding)):
+            total += r * (mod.num_embeddings + mod.embedding_dim)
+        elif hasattr(mod, "in_features"):
+            total += r * (mod.in_features + mod.out_features)
+        else:  # transformers' Conv1D stores its weight as (in, out)
+            total += r * sum(mod.weight.shape)
     return total
 
 

@@ -10,6 +10,7 @@ from transformers import (BertConfig, BertForSequenceClassification, GPT2Config,
                           LlamaConfig, LlamaForCausalLM)
 
 import minilora as ml
+import minilora.counting
 from minilora.inject import ModulesToSave, resolve_targets
 from minilora.layers import LoRAEmbedding, LoRALinear
 
@@ -238,3 +239,19 @@ def test_other_bad_calls():
 def test_default_targets_are_query_and_value():
     model = ml.inject_lora(tiny_bert(), ml.LoRAConfig())
     assert {n.rsplit(".", 1)[-1] for n, _ in ml.lora_layers(model)} == {"query", "value"}
+
+
+def test_qlora_order_quantize_then_inject():
+    from minilora.quant import LinearNF4, quantize_model_nf4
+
+    model = tiny_llama()
+    n_base = ml.counting.count_parameters(model)
+    quantize_model_nf4(model)
+    ml.inject_lora(model, ml.LoRAConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    q = model.model.layers[0].self_attn.q_proj
+    assert isinstance(q, LoRALinear) and isinstance(q.base, LinearNF4)
+    assert q.lora_A["default"].dtype == torch.float32 and q.lora_A["default"].requires_grad
+    n_lora = 2 * (4 * (32 + 32) + 4 * (32 + 16))  # 2 layers; q: 32->32, v: 32->16 (2 kv heads of 8)
+    assert ml.trainable_parameters(model) == (n_lora, n_base + n_lora)
+    with pytest.raises(RuntimeError, match="quantized"):
+        ml.merge(model)
