@@ -213,7 +213,7 @@ def fit(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, lr: float 
             model.train()
 
     model.train()
-    bar = tqdm(total=total, desc=name or "training", disable=not progress)
+    bar = tqdm(total=total, desc=name or "training", disable=not progress, mininterval=0.5)
     try:
         for _ in range(epochs):
             micro, acc_loss, t0 = 0, 0.0, time.perf_counter()
@@ -231,7 +231,7 @@ def fit(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, lr: float 
                 hist.lr.append(optimizer.param_groups[0]["lr"])
                 hist.step_time.append(time.perf_counter() - t0)
                 bar.update(1)
-                bar.set_postfix(loss=f"{hist.train_loss[-1]:.4f}")
+                bar.set_postfix(loss=f"{hist.train_loss[-1]:.4f}", refresh=False)  # redrawn every 0.5 s
                 micro, acc_loss = 0, 0.0
                 if eval_every is not None and hist.steps % eval_every == 0:
                     validate()
