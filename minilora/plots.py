@@ -176,7 +176,8 @@ def param_bars(counts: Mapping[str, int], ax: Axes | None = None, log: bool = Tr
         ax.annotate(f"{v:,}", (v, yi), textcoords="offset points", xytext=(3, -3), fontsize="small")
     if log:
         ax.set_xscale("log")
-    ax.set_xlim(right=max(values) * (8 if log else 1.25))
+    if max(values) > 0:  # room on the right for the labels
+        ax.set_xlim(right=max(values) * (8 if log else 1.25))
     ax.set_xlabel("parameters" + (" (log scale)" if log else ""))
     ax.set_title(title)
     ax.grid(True, axis="x", which="both", alpha=0.3)
