@@ -213,6 +213,7 @@ def fit(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, lr: float 
             model.train()
 
     model.train()
+    optimizer.zero_grad(set_to_none=True)  # no stale gradients from before the call
     bar = tqdm(total=total, desc=name or "training", disable=not progress, mininterval=0.5)
     try:
         for _ in range(epochs):

@@ -170,3 +170,14 @@ def test_nan_loss_is_reported():
     X, y = torch.full((4, 64), float("nan")), torch.zeros(4, dtype=torch.long)
     with pytest.raises(FloatingPointError, match="step 1"):
         fit(mlp(), [(X, y)], progress=False)
+
+
+def test_stale_gradients_are_cleared():
+    X, y = torch.randn(16, 64), torch.randint(0, 10, (16,))
+    m1, m2 = mlp(), mlp()
+    for p in m2.parameters():
+        p.grad = torch.full_like(p, 100.0)  # left over from some earlier backward
+    fit(m1, [(X, y)], optimizer=torch.optim.SGD(m1.parameters(), lr=0.1), progress=False)
+    fit(m2, [(X, y)], optimizer=torch.optim.SGD(m2.parameters(), lr=0.1), progress=False)
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p1, p2)
