@@ -13,5 +13,6 @@ from .inject import (disable_lora, inject_lora, lora_layers, mark_only_lora_trai
                      merge_and_unload, print_trainable_parameters, trainable_parameters, unmerge)
 from .io import load_adapter, save_adapter
 from .layers import LoRAEmbedding, LoRALinear
+from .train import History, evaluate, fit
 
 __version__ = "0.1.0"

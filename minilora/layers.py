@@ -310,6 +310,9 @@ class LoRAEmbedding(_LoRAMixin, nn.Module):
         if dropout > 0:
             warnings.warn("dropout is not applied to LoRAEmbedding (as in PEFT); it has no effect here.",
                           stacklevel=2)
+        if init != "kaiming":
+            warnings.warn(f"init={init!r} has no effect on LoRAEmbedding: as in PEFT it always starts with "
+                          "A = 0 and B ~ N(0, 1).", stacklevel=2)
         if r >= min(self.num_embeddings, self.embedding_dim):
             warnings.warn(f"r={r} >= min{(self.num_embeddings, self.embedding_dim)}: no longer low rank.",
                           stacklevel=2)

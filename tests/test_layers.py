@@ -334,3 +334,8 @@ def test_matches_peft(use_rslora):
         torch.testing.assert_close(getattr(ours, name).base.weight, getattr(merged, name).weight,
                                    atol=1e-6, rtol=0)
     torch.testing.assert_close(ours(ids), out_peft, atol=1e-5, rtol=0)
+
+
+def test_embedding_says_that_init_does_not_apply():
+    with pytest.warns(UserWarning, match="no effect on LoRAEmbedding"):
+        LoRAEmbedding(nn.Embedding(10, 4), r=2, alpha=2, init="gaussian")
