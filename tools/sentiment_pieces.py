@@ -141,6 +141,29 @@ ASPECTS = {
     ],
 }
 
+# How much an aspect weighs in a verdict: 3 core, 2 (the default) medium, 1 minor. In a contrast
+# the verdict is about an aspect of weight >= 2 (or a weighty event, 3), and the concession weighs
+# less; the same only when the frame or a phrase marks the verdict ("Sure, ...", "and that mattered
+# far more"). So a verdict about the towels never overrides a concession about the room.
+WEIGHT = {
+    "movie": {"the acting": 3, "the plot": 3, "the story": 3, "the script": 3, "the characters": 3,
+              "the lead actress": 3, "the lead actor": 3, "the ending": 3, "the dialogue": 3, "the jokes": 3,
+              "the soundtrack": 1, "the score": 1, "the editing": 1, "the costumes": 1},
+    "product": {"the build quality": 3, "the battery life": 3, "the sound quality": 3, "the screen": 3,
+                "the instructions": 1, "the packaging": 1, "the delivery": 1, "the lid": 1, "the strap": 1,
+                "the finish": 1, "the buttons": 1},
+    "restaurant": {"the food": 3, "the service": 3, "the staff": 3, "the waiter": 3, "the pasta": 3,
+                   "the steak": 3, "the fish": 3, "the wine list": 1, "the coffee": 1, "the bread": 1,
+                   "the decor": 1, "the chips": 1, "the cocktails": 1, "the salad": 1},
+    "hotel": {"the room": 3, "the bed": 3, "the staff": 3, "the location": 3, "the bathroom": 3,
+              "the breakfast": 3, "the pool": 1, "the lobby": 1, "the spa": 1, "the pillows": 1,
+              "the balcony": 1, "the towels": 1},
+}
+
+# People take "he"/"she" ("I'd read that the waiter was rude, but he wasn't.").
+PRONOUNS = {"the lead actress": "she", "the lead actor": "he", "the villain": "he", "the waiter": "he",
+            "the receptionist": "she"}
+
 GENERIC_ADJ = {
     "movie": {"positive": ["great^", "excellent^", "wonderful^", "fantastic^", "brilliant^", "superb!", "impressive",
                            "outstanding!", "terrific^"],
@@ -181,47 +204,49 @@ VERB_NEGATIONS = {
                  "Not once did {np} impress us."],
 }
 
-# Events: whole clauses with a clear polarity (lower-case start, no final full stop).
+# Events: whole clauses with a clear polarity (lower-case start, no final full stop). "x*": too
+# slight to outweigh anything, so never the verdict of a contrast.
 EVENTS = {
     "movie": {
-        "positive": ["the final scene gave me chills", "the cast clearly had fun", "the story kept me guessing until the end",
-                     "the opening sequence grabbed me immediately", "I laughed out loud several times",
+        "positive": ["the final scene gave me chills", "the cast clearly had fun*", "the story kept me guessing until the end",
+                     "the opening sequence grabbed me immediately*", "I laughed out loud several times",
                      "the last act had me on the edge of my seat", "the film stayed with me for days",
                      "the whole audience cheered at the climax"],
         "negative": ["I checked my watch every ten minutes", "the story lost me halfway through",
-                     "I nearly walked out", "the twist was obvious from the first scene",
+                     "I nearly walked out", "the twist was obvious from the first scene*",
                      "the middle section dragged terribly", "I couldn't wait for it to end",
                      "the audience groaned at the ending", "I forgot most of it by the next morning"],
     },
     "product": {
-        "positive": ["it arrived a day early", "it has survived several drops without a scratch",
-                     "it works exactly as advertised", "it charges in under an hour",
-                     "it still works perfectly after a year", "setting it up took five minutes",
+        "positive": ["it arrived a day early*", "it has survived several drops without a scratch",
+                     "it works exactly as advertised", "it charges in under an hour*",
+                     "it still works perfectly after a year", "setting it up took five minutes*",
                      "it feels built to last", "it does everything I hoped it would"],
         "negative": ["it stopped working after two weeks", "it arrived with a cracked corner",
                      "it overheats after ten minutes", "the battery dies by lunchtime",
                      "it broke the first time I dropped it", "it never connected properly to my phone",
-                     "it rattles whenever I use it", "the paint started peeling within days"],
+                     "it rattles whenever I use it*", "the paint started peeling within days"],
     },
     "restaurant": {
-        "positive": ["every dish came out piping hot", "the chef came out to say hello",
-                     "we were seated straight away", "they remembered my wife's allergy without being reminded",
-                     "every plate came back empty", "the owner sent over free desserts",
-                     "our glasses were never empty", "the food arrived quickly despite the crowd"],
+        "positive": ["every dish came out piping hot", "the chef came out to say hello*",
+                     "we were seated straight away*", "they remembered my wife's allergy without being reminded",
+                     "every plate came back empty", "the owner sent over free desserts*",
+                     "our glasses were never empty*", "we left already planning our next visit"],
         "negative": ["we waited an hour for our starters", "my order came out wrong twice",
-                     "nobody checked on us all evening", "the bill included two drinks we never ordered",
-                     "we found a hair in the salad", "our mains arrived before the starters",
-                     "we had to ask three times for water", "the table was still sticky when we sat down"],
+                     "nobody checked on us all evening", "the bill included two drinks we never ordered*",
+                     "we found a hair in the salad", "our mains arrived before the starters*",
+                     "we had to ask three times for water*", "two of us were ill the next day"],
     },
     "hotel": {
         "positive": ["they upgraded us to a suite for free", "we slept soundly every night",
-                     "the concierge found us a table at a great little place", "our room was ready two hours early",
-                     "they left a handwritten note for our anniversary", "there was fresh fruit in the room every day",
-                     "they stored our bags after check-out without any fuss", "the night porter helped us at 2 a.m. with a smile"],
+                     "the concierge found us a table at a great little place*", "our room was ready two hours early*",
+                     "they left a handwritten note for our anniversary*", "there was fresh fruit in the room every day*",
+                     "they stored our bags after check-out without any fuss*", "the night porter helped us at 2 a.m. with a smile*",
+                     "every member of staff went out of their way for us", "we didn't want to leave"],
         "negative": ["the fire alarm went off twice in one night", "we found hair on the pillows",
                      "our room wasn't ready until seven in the evening", "the lift was broken for our whole stay",
-                     "we could hear every word from the next room", "they charged us twice for the minibar",
-                     "the hot water ran out every morning", "nobody answered the phone at reception"],
+                     "we could hear every word from the next room", "they charged us twice for the minibar*",
+                     "the hot water ran out every morning", "nobody answered the phone at reception*"],
     },
 }
 
