@@ -205,7 +205,7 @@ def add_weighted_adapter(model: nn.Module, adapters: Sequence[str], weights: Seq
                         modules_to_save=model.lora_configs[modules_to_save_from].modules_to_save
                         if modules_to_save_from else None)
     before = active_adapters(model)
-    for name, layer in layers:  # layers first, so that inject_lora finds them wrapped already
+    for name, layer in layers:  # every layer that any source adapts gets the new adapter
         layer.add_adapter(adapter_name, r=new_rank, alpha=new_rank)
     for _, m in saved:
         if modules_to_save_from in m.modules_to_save:

@@ -265,8 +265,8 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
         try:
             add_adapter(model, config, adapter_name)
         except ValueError as e:
-            raise AdapterFileError(f"the adapter in {directory} (saved from base {base!r}) does not fit this model "
-                                   f"({here}): {e}") from None
+            raise AdapterFileError(f"the adapter in {directory} (saved from base {base or 'not named'}) does not fit "
+                                   f"this model ({here}): {e}") from None
     try:
         expected = _adapter_tensors(model, adapter_name)
         optional = _optional_tensors(model, adapter_name)
@@ -274,8 +274,9 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
         if lines:
             raise AdapterFileError(
                 f"cannot load the adapter in {directory} into this model ({here}):\n" + "\n".join(lines) +
-                f"\nThe adapter was saved from base model {base!r}. Wrong shapes or names usually mean a different "
-                "base model (or a different head size): load it into the model it was trained on.")
+                (f"\nThe adapter was saved from base model {base!r}." if base else "\nThe file does not name its base "
+                 "model.") + " Wrong shapes or names usually mean a different base model (or a different head size): "
+                "load it into the model it was trained on.")
         with torch.no_grad():
             for key, t in found.items():
                 dest = expected.get(key, optional.get(key))
