@@ -8,14 +8,13 @@ STAMP  := $(VENV)/.minilora-installed
 TORCH_INDEX ?=
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg
 
-.PHONY: help venv assets lab test test-unit test-notebooks timings bench clean
+.PHONY: help venv assets lab test test-unit test-notebooks timings clean
 
 help:
 	@echo "make lab     set up .venv, fetch the models, open JupyterLab on notebooks/"
 	@echo "make test    unit tests + every notebook and solution under nbval"
 	@echo "make assets  fetch and cache the two pretrained models (needs the network once)"
 	@echo "make timings execute every notebook and print its runtime (for the README table)"
-	@echo "make bench   the side-by-side benchmarks in benchmarks/"
 
 venv: $(STAMP)
 
@@ -49,9 +48,6 @@ test-notebooks: assets
 
 timings: assets
 	$(BIN)/python tools/time_notebooks.py
-
-bench: assets
-	$(BIN)/python benchmarks/bench_vs_peft.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
