@@ -142,8 +142,11 @@ def test_bad_split_raises_with_the_allowed_names():
         load_sentiment("valid")
 
 
-def test_data_dir_is_the_repository_data_folder():
+def test_data_dir_is_the_repository_data_folder(monkeypatch, tmp_path):
     assert data.data_dir() == ROOT / "data"
+    monkeypatch.setattr(data, "__file__", str(tmp_path / "minilora" / "data.py"))
+    with pytest.raises(FileNotFoundError, match="pip install -e"):
+        load_sentiment("train")
 
 
 def test_loader_pads_each_batch_to_its_longest(splits, tokenizer):

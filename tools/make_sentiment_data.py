@@ -163,10 +163,12 @@ class Gen:
         adj = bare(self.adj(domain, a, pol, "concession-np", avoid))
         return f"the {adj} {a[0][4:]}"
 
-    def vp(self, domain: str, pol: str, weighty: bool = False) -> str:
-        """An event clause; ``weighty=True`` only the ones strong enough to decide a contrast."""
-        pool = [e for e in P.EVENTS[domain][pol] if not (weighty and e.endswith("*"))]
-        return self.choice(pool).rstrip("*")
+    def vp(self, domain: str, pol: str, weight: str = "any", about_not: str = "") -> str:
+        """An event clause. ``weight``: "any", "weighty" (strong enough to be a contrast's verdict) or
+        "slight" (slight enough to be its concession); ``about_not``: none about that aspect."""
+        pool = [e for e in P.EVENTS[domain][pol]
+                if weight == "any" or (weight == "slight") == e.endswith("*")]
+        return self.choice([e.rstrip("*") for e in pool if about_not not in P.EVENT_ASPECTS.get(e.rstrip("*"), ())])
 
     def overall(self, domain: str, pol: str) -> str:
         return self.choice(P.OVERALL[domain][pol])
@@ -249,16 +251,18 @@ class Gen:
         vmode = "plain" if (marked or w) and self.rng.random() < 0.5 else "verdict"
         weight = P.WEIGHT[d]
         if self.rng.random() < 0.15:
-            v, nv, wv = self.vp(d, pol, weighty=True), "", 3
+            v, nv, wv = self.vp(d, pol, "weighty"), "", 3
         else:
             light = tuple(a[0] for a in P.ASPECTS[d] if weight.get(a[0], 2) < 2)
             v, nv, _ = self.clause(d, pol, vmode, exclude=light)
             wv = weight.get(nv, 2)
-        # the concession weighs less than the verdict (or as much, when the verdict is marked)
+        # the concession weighs less than the verdict (or as much, when the verdict is marked),
+        # and is never about what the verdict is about
         limit = wv if (marked or w) else wv - 1
-        heavy = tuple(a[0] for a in P.ASPECTS[d] if weight.get(a[0], 2) > limit) + (nv,)
-        if limit >= 2 and self.rng.random() < 0.12:
-            c = self.vp(d, other)
+        heavy = tuple(a[0] for a in P.ASPECTS[d] if weight.get(a[0], 2) > limit)
+        heavy += (nv,) + P.EVENT_ASPECTS.get(v, ())
+        if nv and limit >= 2 and self.rng.random() < 0.12:
+            c = self.vp(d, other, "slight", about_not=nv)
         else:
             c = self.clause(d, other, "concession", exclude=heavy)[0]
         frames = [
