@@ -8,13 +8,14 @@ STAMP  := $(VENV)/.minilora-installed
 TORCH_INDEX ?=
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg
 
-.PHONY: help venv assets lab test test-unit test-notebooks timings clean
+.PHONY: help venv assets lab test test-unit test-notebooks timings bench clean
 
 help:
 	@echo "make lab     set up .venv, fetch the models, open JupyterLab on notebooks/"
 	@echo "make test    unit tests + every notebook and solution under nbval"
 	@echo "make assets  fetch and cache the two pretrained models (needs the network once)"
 	@echo "make timings execute every notebook and print its runtime (for the README table)"
+	@echo "make bench   minilora vs PEFT training steps, merged vs base inference (benchmarks/)"
 
 venv: $(STAMP)
 
@@ -48,6 +49,9 @@ test-notebooks: assets
 
 timings: assets
 	$(BIN)/python tools/time_notebooks.py
+
+bench: assets
+	$(BIN)/python benchmarks/bench_vs_peft.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from minilora.config import LoRAConfig
 from minilora.data import LABELS
 from minilora.exercises import ch05
 from minilora.models import cached_models
@@ -12,75 +11,98 @@ def stub(*args):
     raise NotImplementedError
 
 
-CHECKS = [ch05.check_freeze_all_but_classifier, ch05.check_lora_config_for_classifier,
+CHECKS = [ch05.check_freeze_all_but_top, ch05.check_training_state_bytes,
           ch05.check_predict_sentiment, ch05.check_choose_config]
 needs_tokenizer = pytest.mark.skipif(cached_models()["all-MiniLM-L6-v2"] is None,
                                      reason="the MiniLM tokenizer is not cached: run `make assets`")
 
 
 # Exercise 5.1 --------------------------------------------------------------------------------------
-def freeze_all_but_classifier(model):
-    for name, p in model.named_parameters():
-        p.requires_grad_(name.startswith("classifier."))
-    return model
-
-
-def _freeze_all(model):
+def freeze_all_but_top(model, k):
     model.requires_grad_(False)
-    return model
-
-
-def _freeze_weight_only(model):
-    freeze_all_but_classifier(model)
-    model.classifier.bias.requires_grad_(False)
-    return model
-
-
-def _pooler_too(model):
-    freeze_all_but_classifier(model)
+    if k > 0:
+        for layer in model.bert.encoder.layer[-k:]:
+            layer.requires_grad_(True)
     model.bert.pooler.requires_grad_(True)
+    model.classifier.requires_grad_(True)
     return model
 
 
-def _reinit_head(model):
-    freeze_all_but_classifier(model)
+def _top_slice_bug(model, k):  # [-0:] is the whole list
+    model.requires_grad_(False)
+    for part in [*model.bert.encoder.layer[-k:], model.bert.pooler, model.classifier]:
+        part.requires_grad_(True)
+    return model
+
+
+def _first_k(model, k):
+    freeze_all_but_top(model, 0)
+    for layer in model.bert.encoder.layer[:k]:
+        layer.requires_grad_(True)
+    return model
+
+
+def _no_pooler(model, k):
+    freeze_all_but_top(model, k)
+    model.bert.pooler.requires_grad_(False)
+    return model
+
+
+def _head_frozen(model, k):
+    freeze_all_but_top(model, k)
+    model.classifier.requires_grad_(False)
+    return model
+
+
+def _with_embeddings(model, k):
+    freeze_all_but_top(model, k)
+    model.bert.embeddings.requires_grad_(True)
+    return model
+
+
+def _reinit(model, k):
+    freeze_all_but_top(model, k)
     torch.nn.init.zeros_(model.classifier.weight)
     return model
 
 
-def _no_return(model):
-    freeze_all_but_classifier(model)
+def _no_return(model, k):
+    freeze_all_but_top(model, k)
 
 
 FREEZE_WRONG = {
-    "froze everything": (_freeze_all, "froze the classifier head too"),
-    "bias frozen": (_freeze_weight_only, "bias is frozen"),
-    "pooler trainable": (_pooler_too, "besides the head"),
-    "nothing frozen": (lambda m: m, "besides the head"),
-    "re-initialised the head": (_reinit_head, "only change requires_grad"),
+    "[-0:] slice": (_top_slice_bug, "[-0:]"),
+    "first k layers": (_first_k, "the last k"),
+    "one layer too many": (lambda m, k: freeze_all_but_top(m, k + 1), "the last k"),
+    "pooler frozen": (_no_pooler, "pooler"),
+    "head frozen": (_head_frozen, "classifier head is frozen"),
+    "embeddings trainable": (_with_embeddings, "embeddings"),
+    "nothing frozen": (lambda m, k: m, "embeddings"),
+    "re-initialised the head": (_reinit, "only change requires_grad"),
     "no return": (_no_return, "return the model"),
 }
 
 
 # Exercise 5.2 --------------------------------------------------------------------------------------
-def lora_config_for_classifier(r):
-    return LoRAConfig(r=r, alpha=2 * r, target_modules=["query", "value"], modules_to_save=["classifier"])
+def training_state_bytes(model):
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return 4 * total + (4 + 8) * trainable
 
 
-CONFIG_WRONG = {
-    "no modules_to_save": (lambda r: LoRAConfig(r=r, alpha=2 * r, target_modules=["query", "value"]),
-                           "modules_to_save=['classifier']"),
-    "alpha = r": (lambda r: LoRAConfig(r=r, alpha=r, target_modules=["query", "value"],
-                                       modules_to_save=["classifier"]), "alpha = 2 * r"),
-    "fixed rank": (lambda r: LoRAConfig(r=8, alpha=16, target_modules=["query", "value"],
-                                        modules_to_save=["classifier"]), "use the rank"),
-    "all-linear": (lambda r: LoRAConfig(r=r, alpha=2 * r, target_modules="all-linear",
-                                        modules_to_save=["classifier"]), "'query' and 'value'"),
-    "query only": (lambda r: LoRAConfig(r=r, alpha=2 * r, target_modules=["query"],
-                                        modules_to_save=["classifier"]), "'query' and 'value'"),
-    "with dropout": (lambda r: LoRAConfig(r=r, alpha=2 * r, dropout=0.1, target_modules=["query", "value"],
-                                          modules_to_save=["classifier"]), "defaults"),
-    "a dict": (lambda r: {"r": r, "alpha": 2 * r}, "LoRAConfig"),
+def _numels(model):
+    params = list(model.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+STATE_WRONG = {
+    "16 bytes for all": (lambda m: 16 * _numels(m)[0], "frozen parameters have no gradient"),
+    "trainable only": (lambda m: 16 * _numels(m)[1], "frozen weights are still in memory"),
+    "one moment": (lambda m: 4 * _numels(m)[0] + 8 * _numels(m)[1], "*two* moments"),
+    "gradient only": (lambda m: 4 * _numels(m)[0] + 4 * _numels(m)[1], "two moments"),
+    "numbers not bytes": (lambda m: _numels(m)[0] + 3 * _numels(m)[1], "not bytes"),
+    "bf16 weights": (lambda m: 2 * _numels(m)[0] + 12 * _numels(m)[1], "expected"),
+    "a string": (lambda m: str(training_state_bytes(m)), "an int"),
 }
 
 
@@ -145,8 +167,8 @@ def test_stub_is_not_attempted(check, capsys):
 
 
 @pytest.mark.parametrize("check,solution", [
-    (ch05.check_freeze_all_but_classifier, freeze_all_but_classifier),
-    (ch05.check_lora_config_for_classifier, lora_config_for_classifier),
+    (ch05.check_freeze_all_but_top, freeze_all_but_top),
+    (ch05.check_training_state_bytes, training_state_bytes),
     pytest.param(ch05.check_predict_sentiment, predict_sentiment, marks=needs_tokenizer),
     (ch05.check_choose_config, choose_config),
 ])
@@ -156,11 +178,11 @@ def test_solution_passes(check, solution, capsys):
 
 
 @pytest.mark.parametrize("check,wrong,hint", (
-    [(ch05.check_freeze_all_but_classifier, fn, h) for fn, h in FREEZE_WRONG.values()]
-    + [(ch05.check_lora_config_for_classifier, fn, h) for fn, h in CONFIG_WRONG.values()]
+    [(ch05.check_freeze_all_but_top, fn, h) for fn, h in FREEZE_WRONG.values()]
+    + [(ch05.check_training_state_bytes, fn, h) for fn, h in STATE_WRONG.values()]
     + [pytest.param(ch05.check_predict_sentiment, fn, h, marks=needs_tokenizer) for fn, h in PREDICT_WRONG.values()]
     + [(ch05.check_choose_config, fn, h) for fn, h in CHOOSE_WRONG.values()]
-), ids=[*FREEZE_WRONG, *CONFIG_WRONG, *PREDICT_WRONG, *CHOOSE_WRONG])
+), ids=[*FREEZE_WRONG, *STATE_WRONG, *PREDICT_WRONG, *CHOOSE_WRONG])
 def test_wrong_answer_fails_with_its_hint(check, wrong, hint, capsys):
     assert check(wrong) is False
     out = capsys.readouterr().out

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minilora.instruct import (CUT, IGNORE_INDEX, ChatCollator, answer_rows, encode_example, end_of_turn_id,
+from minilora.instruct import (CUT, IGNORE_INDEX, ChatCollator, answer_rows, length_grouped_batches, encode_example, end_of_turn_id,
                                evaluate_exact_match, exact_match, generate, left_pad, load_instructions, load_jsonl,
                                prompt_text,
                                token_budgets)
@@ -121,6 +121,25 @@ def test_collator_rejects_bad_rows(tok):
         ChatCollator(tok, max_length=8)(ROWS)
     with pytest.raises(ValueError, match="non-empty"):
         col([{"instruction": "hi", "response": "  "}])
+
+
+def test_length_grouped_batches_cover_everything_once_with_less_padding():
+    import random
+
+    rng = random.Random(1)
+    lengths = [rng.randint(20, 70) for _ in range(200)]
+    batches = length_grouped_batches(lengths, batch_size=16, seed=0, window=4)
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    assert sorted(len(b) for b in batches)[1:] == [16] * (len(batches) - 1)
+    assert batches == length_grouped_batches(lengths, batch_size=16, seed=0, window=4)
+    assert batches != length_grouped_batches(lengths, batch_size=16, seed=1, window=4)
+    padded = lambda bs: sum(len(b) * max(lengths[i] for i in b) for b in bs)
+    order = list(range(200))
+    random.Random(0).shuffle(order)
+    plain = [order[i:i + 16] for i in range(0, 200, 16)]
+    assert padded(batches) < 0.85 * padded(plain)
+    with pytest.raises(ValueError, match="batch_size"):
+        length_grouped_batches(lengths, batch_size=0)
 
 
 # ----- generation ---------------------------------------------------------------------------

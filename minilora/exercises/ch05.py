@@ -1,12 +1,11 @@
 r"""Exercises of chapter 05 (Fine-tuning a pretrained encoder).
 
-* 5.1 ``freeze_all_but_classifier(model) -> model``: the *linear probe*. Every parameter of a
-  ``BertForSequenceClassification`` is frozen (``requires_grad=False``) except the new head,
-  ``model.classifier`` (weight and bias): :math:`d \cdot K + K` trainable numbers for hidden size
-  :math:`d` and :math:`K` classes.
-* 5.2 ``lora_config_for_classifier(r) -> LoRAConfig``: LoRA of rank ``r`` on the attention
-  ``query`` and ``value`` layers with :math:`\alpha = 2r`, and the freshly initialised classifier
-  trained fully (``modules_to_save``) -- a random head that stays frozen cannot be learned.
+* 5.1 ``freeze_all_but_top(model, k) -> model``: partial fine-tuning, between the linear probe
+  and a full fine-tune. In a ``BertForSequenceClassification`` only the last ``k`` encoder layers,
+  the pooler and the classifier stay trainable (``k = 0``: pooler and head only).
+* 5.2 ``training_state_bytes(model) -> int``: the memory of what training keeps besides the
+  activations, in fp32 with AdamW: every weight (4 bytes), and for each *trainable* parameter its
+  gradient (4 bytes) and AdamW's two moments (8 bytes): :math:`4 P + 12 P_{train}` bytes.
 * 5.3 ``predict_sentiment(model, tokenizer, texts) -> list[str]``: the label names
   (``"negative"``/``"positive"``) the model predicts, in eval mode, without building a graph.
 * 5.4 ``choose_config(results) -> str``: the configuration with the best *validation* accuracy
@@ -21,72 +20,102 @@ import torch
 from torch import nn
 
 from ..config import LoRAConfig
-from ..inject import ModulesToSave, inject_lora
+from ..inject import inject_lora
 from ._core import Hint, checker
 
 LABELS = ("negative", "positive")
 
 
-def _tiny_bert(num_labels: int = 2, seed: int = 0, vocab_size: int = 100) -> nn.Module:
-    """A 2-layer random-weight BERT classifier (hidden 32), built from a config: no download."""
+def _tiny_bert(num_labels: int = 2, seed: int = 0, vocab_size: int = 100, num_layers: int = 2) -> nn.Module:
+    """A small random-weight BERT classifier (hidden 32), built from a config: no download."""
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=num_labels)
+    cfg = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=num_layers,
+                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                     num_labels=num_labels)
     return BertForSequenceClassification(cfg)
 
 
-@checker("Exercise 5.1: the linear probe")
-def check_freeze_all_but_classifier(freeze_all_but_classifier: Callable[[nn.Module], nn.Module]) -> None:
-    """Only ``classifier.weight`` and ``classifier.bias`` may stay trainable; nothing else changes."""
-    for num_labels in (2, 3):
-        model = _tiny_bert(num_labels)
+def _expected_top(model: nn.Module, k: int) -> list[str]:
+    n_layers = model.config.num_hidden_layers
+    top = tuple(f"bert.encoder.layer.{i}." for i in range(n_layers - k, n_layers))
+    return sorted(n for n, _ in model.named_parameters()
+                  if n.startswith(top + ("bert.pooler.", "classifier.")))
+
+
+@checker("Exercise 5.1: train only the top of the encoder")
+def check_freeze_all_but_top(freeze_all_but_top: Callable[[nn.Module, int], nn.Module]) -> None:
+    """Trainable: the last ``k`` encoder layers, the pooler and the classifier; nothing else changes."""
+    for k in (1, 0, 2):
+        model = _tiny_bert(num_layers=3)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        out = freeze_all_but_classifier(model)
+        out = freeze_all_but_top(model, k)
         if out is None:
             raise Hint("return the model at the end of the function.")
-        trainable = [n for n, p in out.named_parameters() if p.requires_grad]
-        want = ["classifier.weight", "classifier.bias"]
-        if not trainable:
-            raise Hint("nothing is trainable: you froze the classifier head too. Its weight and bias "
-                       "must keep requires_grad=True, or the probe cannot learn anything.")
-        if "classifier.bias" not in trainable and "classifier.weight" in trainable:
-            raise Hint("the classifier's bias is frozen: keep every parameter of model.classifier trainable.")
-        extra = [n for n in trainable if n not in want]
-        if extra:
-            raise Hint(f"{len(extra)} parameter tensors besides the head are still trainable, e.g. "
-                       f"{extra[:3]}. Freeze everything (p.requires_grad_(False) for all parameters), "
-                       "then unfreeze model.classifier.")
-        if sorted(trainable) != sorted(want):
-            raise Hint(f"expected exactly {want} to be trainable, found {trainable}.")
-        changed = [n for n, p in out.named_parameters() if not torch.equal(p.detach(), before.get(n, p.detach()))]
-        if changed or set(dict(out.named_parameters())) != set(before):
-            raise Hint("only change requires_grad: the weights themselves must stay as they were "
-                       "(do not re-initialise or replace any layer).")
+        got = sorted(n for n, p in out.named_parameters() if p.requires_grad)
+        want = _expected_top(out, k)
+        if got == want:
+            changed = [n for n, p in out.named_parameters() if not torch.equal(p.detach(), before[n])]
+            if changed:
+                raise Hint("only change requires_grad: the weights themselves must stay as they were "
+                           "(do not re-initialise or replace any layer).")
+            continue
+        layers = sorted({int(n.split(".")[3]) for n in got if n.startswith("bert.encoder.layer.")})
+        wanted_layers = list(range(3 - k, 3))
+        if not any(n.startswith("classifier.") for n in got):
+            raise Hint("the classifier head is frozen: it is new and random, so it must train.")
+        if not any(n.startswith("bert.pooler.") for n in got):
+            raise Hint("the pooler (bert.pooler) sits between the top layer and the classifier: train it too.")
+        if any(n.startswith("bert.embeddings.") for n in got):
+            raise Hint("the embeddings are at the *bottom* of the model: keep them frozen.")
+        if layers != wanted_layers:
+            raise Hint(f"with k={k} of 3 encoder layers, train layers {wanted_layers} (the last k: "
+                       f"model.bert.encoder.layer[-k:] -- careful, [-0:] is the whole list), "
+                       f"you train layers {layers}.")
+        raise Hint(f"expected exactly these trainable tensors: {want}; you have {got}.")
 
 
-@checker("Exercise 5.2: a LoRA config for a classifier")
-def check_lora_config_for_classifier(lora_config_for_classifier: Callable[[int], LoRAConfig]) -> None:
-    """LoRA r on query and value, alpha = 2r, the classifier head in ``modules_to_save``."""
-    for r in (2, 4):
-        cfg = lora_config_for_classifier(r)
-        if not isinstance(cfg, LoRAConfig):
-            raise Hint(f"return a minilora LoRAConfig(...), got {type(cfg).__name__}.")
-        if cfg.r != r:
-            raise Hint(f"use the rank you are given: LoRAConfig(r=r, ...); for r={r} you set r={cfg.r}.")
-        if cfg.alpha != 2 * r:
-            raise Hint(f"set alpha = 2 * r (a scaling alpha / r of 2); for r={r} you set alpha={cfg.alpha}.")
-        model = inject_lora(_tiny_bert(), copy.deepcopy(cfg))
-        names = [n for n, p in model.named_parameters() if p.requires_grad]
-        lora_in = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in names if ".lora_" in n}
-        if lora_in != {"query", "value"}:
-            raise Hint(f"target the attention 'query' and 'value' layers only; your config adapts {sorted(lora_in)}.")
-        if not isinstance(model.classifier, ModulesToSave) or not any(n.startswith("classifier") for n in names):
-            raise Hint("the classifier head is new (random) and frozen: nothing can learn to map the "
-                       "encoder's features to labels. Add modules_to_save=['classifier'] so it trains fully.")
-        if cfg.dropout != 0.0 or cfg.bias != "none":
-            raise Hint("keep the other settings at their defaults (dropout=0.0, bias='none').")
+def _state_models() -> list[tuple[nn.Module, int, int]]:
+    """(model, all parameters, trainable parameters) for a few freezing patterns."""
+    full = _tiny_bert()
+    probe = _tiny_bert().requires_grad_(False)
+    probe.classifier.requires_grad_(True)
+    lora = inject_lora(_tiny_bert(), LoRAConfig(r=2, alpha=4, target_modules=["query", "value"],
+                                                modules_to_save=["classifier"]))
+    out = []
+    for m in (full, probe, lora):
+        params = list(m.parameters())
+        out.append((m, sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)))
+    return out
+
+
+@checker("Exercise 5.2: the memory of the training state")
+def check_training_state_bytes(training_state_bytes: Callable[[nn.Module], int]) -> None:
+    """fp32 AdamW: 4 bytes per weight, plus 4 (gradient) + 8 (two moments) per trainable parameter."""
+    for model, total, trainable in _state_models():
+        got = training_state_bytes(model)
+        if isinstance(got, torch.Tensor):
+            got = got.item()
+        if not isinstance(got, (int, float)) or isinstance(got, bool):
+            raise Hint(f"return a number of bytes (an int), got {type(got).__name__}.")
+        want = 4 * total + 12 * trainable
+        if got == want:
+            continue
+        if got == 16 * total:
+            raise Hint("frozen parameters have no gradient and no optimizer state: only the trainable ones "
+                       "cost the extra 4 + 8 bytes. Use p.requires_grad.")
+        if got == 16 * trainable:
+            raise Hint("the frozen weights are still in memory (4 bytes each): count every parameter once, "
+                       "then add 12 bytes per trainable one.")
+        if got == 4 * total + 8 * trainable:
+            raise Hint("AdamW keeps *two* moments per trainable parameter (8 bytes), plus the gradient (4).")
+        if got == 4 * total + 4 * trainable:
+            raise Hint("besides the gradient (4 bytes), AdamW keeps two moments (8 bytes) per trainable parameter.")
+        if got == total + 3 * trainable:
+            raise Hint("you counted numbers, not bytes: an fp32 number takes 4 bytes.")
+        raise Hint(f"for {total:,} parameters of which {trainable:,} train, expected {want:,} bytes, got {got:,}: "
+                   "4 * (all parameters) + (4 + 8) * (trainable parameters).")
 
 
 def _tokenizer():
@@ -166,5 +195,5 @@ def check_choose_config(choose_config: Callable[[dict], str]) -> None:
         raise Hint(f"expected {want!r}: the highest 'val' accuracy (ties: fewest 'trainable'), got {got!r}.")
 
 
-__all__ = ["check_freeze_all_but_classifier", "check_lora_config_for_classifier", "check_predict_sentiment",
+__all__ = ["check_freeze_all_but_top", "check_training_state_bytes", "check_predict_sentiment",
            "check_choose_config"]
