@@ -11,15 +11,20 @@ uses the ``domain`` task (which of the four domains) for a second adapter to swa
 
 ``make_loader`` pads each batch only to its own longest sequence (dynamic padding): with
 $B$ reviews of lengths $n_1..n_B$ a batch is a $B \\times \\max_i \\min(n_i, L)$ tensor, where $L$ is
-``max_length``, rather than $B \\times L$, which saves compute on short texts.
+``max_length``, rather than $B \\times L$, which saves compute on short texts. With ``group_by_length=True`` the
+batches also hold reviews of similar length (``length_grouped_batches``), so that little of each
+batch is padding: on the course data about a third fewer token positions per epoch.
 """
 from __future__ import annotations
 
 import csv
+import math
+import random
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 SPLITS = ("train", "validation", "test")
 LABELS = ("negative", "positive")
@@ -67,13 +72,53 @@ def _target(row: dict, task: str) -> int:
     return ids[row[key]]
 
 
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int = 0,
+                           window: int = 8) -> list[list[int]]:
+    """Shuffled batches of indices in which the examples have similar lengths (less padding).
+
+    The indices are shuffled, sorted by length within windows of ``window * batch_size``, cut into
+    batches, and the batches shuffled again. Use it as ``DataLoader(rows, batch_sampler=...)``."""
+    if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(window, int) or window < 1:
+        raise ValueError(f"batch_size and window must be positive integers, got {batch_size!r}, {window!r}.")
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    for start in range(0, len(order), window * batch_size):
+        chunk = sorted(order[start:start + window * batch_size], key=lambda i: lengths[i])
+        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+class LengthGroupedBatchSampler(Sampler):
+    """A batch sampler over ``length_grouped_batches``: a new grouping every epoch, seeded.
+
+    Two samplers built with the same ``seed`` give the same batches, epoch after epoch."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, window: int = 8) -> None:
+        length_grouped_batches(lengths[:1], batch_size, window=window)  # validates the arguments
+        self.lengths, self.batch_size, self.window = list(lengths), batch_size, window
+        self._rng = random.Random(seed)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from length_grouped_batches(self.lengths, self.batch_size, self._rng.randrange(2**32), self.window)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+
 def make_loader(rows: list[dict], tokenizer, *, task: str = "sentiment", batch_size: int = 32,
-                max_length: int = 64, shuffle: bool = False, seed: int = 0) -> DataLoader:
+                max_length: int = 64, shuffle: bool = False, seed: int = 0,
+                group_by_length: bool = False) -> DataLoader:
     """A DataLoader of dicts ``{input_ids, attention_mask, labels}``, padded per batch.
 
     ``task="sentiment"`` gives labels from ``label_ids``; ``task="domain"`` from ``domain_ids``.
     Texts longer than ``max_length`` tokens are truncated. ``shuffle=True`` draws the order from a
-    ``torch.Generator`` seeded with ``seed``, so two loaders built alike give the same batches."""
+    ``torch.Generator`` seeded with ``seed``, so two loaders built alike give the same batches.
+    ``group_by_length=True`` batches reviews of similar length together, for less padding: with
+    ``shuffle=True`` in a seeded random order that changes every epoch (for training), without it
+    shortest first (for evaluation, where the order does not matter)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(map(repr, TASKS))}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -96,6 +141,15 @@ def make_loader(rows: list[dict], tokenizer, *, task: str = "sentiment", batch_s
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                 "labels": torch.tensor([label for _, label in batch], dtype=torch.long)}
 
+    if group_by_length:
+        lengths = [len(ids) for ids in tokenizer([text for text, _ in examples], truncation=True,
+                                                 max_length=max_length)["input_ids"]]
+        if shuffle:
+            sampler = LengthGroupedBatchSampler(lengths, batch_size, seed)
+        else:  # evaluation: shortest reviews first, the same order every time
+            order = sorted(range(len(examples)), key=lambda i: lengths[i])
+            sampler = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        return DataLoader(examples, batch_sampler=sampler, collate_fn=collate)
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(examples, batch_size=batch_size, shuffle=shuffle, generator=generator,
                       collate_fn=collate)

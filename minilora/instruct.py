@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -44,6 +43,8 @@ from typing import Iterable, Mapping, Sequence
 import torch
 from torch import nn
 from tqdm import tqdm
+
+from .data import length_grouped_batches  # noqa: F401  (also used for chat examples, chapter 07)
 
 END_OF_TURN = "<|im_end|>"
 #: The system message used in chapter 07, for training and evaluation alike. An empty message keeps
@@ -142,25 +143,6 @@ class ChatCollator:
             labels[i, :n] = torch.tensor(e["labels"])
             mask[i, :n] = 1
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int = 0,
-                           window: int = 8) -> list[list[int]]:
-    """Shuffled batches of indices in which the examples have similar lengths (less padding).
-
-    The indices are shuffled, sorted by length within windows of ``window * batch_size``, cut into
-    batches, and the batches shuffled again. Use it as ``DataLoader(rows, batch_sampler=...)``."""
-    if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(window, int) or window < 1:
-        raise ValueError(f"batch_size and window must be positive integers, got {batch_size!r}, {window!r}.")
-    rng = random.Random(seed)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    batches = []
-    for start in range(0, len(order), window * batch_size):
-        chunk = sorted(order[start:start + window * batch_size], key=lambda i: lengths[i])
-        batches += [chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    return batches
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -198,6 +198,27 @@ def test_shuffle_is_seeded_and_covers_every_row(splits, tokenizer):
     assert a[0] != unshuffled and sorted(a[0]) == sorted(unshuffled)
 
 
+def test_group_by_length_pads_less_and_is_seeded_per_epoch(splits, tokenizer):
+    rows = splits["train"]
+
+    def epochs(loader, n=2):
+        return [[tuple(b["input_ids"].shape) + (int(b["labels"].sum()),) for b in loader] for _ in range(n)]
+
+    grouped = make_loader(rows, tokenizer, batch_size=16, shuffle=True, seed=0, group_by_length=True)
+    plain = make_loader(rows, tokenizer, batch_size=16, shuffle=True, seed=0)
+    first, second = epochs(grouped)
+    assert first == epochs(make_loader(rows, tokenizer, batch_size=16, shuffle=True, seed=0, group_by_length=True))[0]
+    assert first != second  # a new grouping every epoch
+    assert len(first) == len(grouped) == 100 and sum(shape[0] for shape in first) == len(rows)
+    assert sum(b[2] for b in first) == sum(r["label"] == "positive" for r in rows)  # every review once
+    positions = lambda epoch: sum(b[0] * b[1] for b in epoch)
+    assert positions(first) < 0.8 * positions(epochs(plain, 1)[0])
+    ordered = make_loader(rows, tokenizer, batch_size=100, group_by_length=True)  # for evaluation
+    widths = [b["input_ids"].shape[1] for b in ordered]
+    assert widths == sorted(widths) and sum(b["input_ids"].shape[0] for b in ordered) == len(rows)
+    assert widths == [b["input_ids"].shape[1] for b in ordered]
+
+
 @pytest.mark.parametrize("kwargs, error", [
     ({"task": "topic"}, "'sentiment', 'domain'"),
     ({"batch_size": 0}, "batch_size"),
