@@ -51,8 +51,8 @@ def lora_count(model_or_config, config: LoRAConfig, auto_class=None) -> tuple[in
 
 def lora_matrix_count(d_in: int, d_out: int, r: int) -> int:
     """LoRA parameters for one ``d_out x d_in`` matrix: ``r * (d_in + d_out)``."""
-    if min(d_in, d_out, r) < 1:
-        raise ValueError(f"d_in, d_out and r must be positive, got {d_in}, {d_out}, {r}.")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (d_in, d_out, r)) or min(d_in, d_out, r) < 1:
+        raise ValueError(f"d_in, d_out and r must be positive integers, got {d_in!r}, {d_out!r}, {r!r}.")
     return r * (d_in + d_out)
 
 

@@ -140,12 +140,21 @@ def resolve_targets(model: nn.Module, config: LoRAConfig) -> list[str]:
         chosen = [n for n, m in cands if not isinstance(m, (nn.Embedding, LoRAEmbedding)) and n not in heads]
     else:
         chosen = [n for n, _ in cands if _matches(n, spec)]
+    matched = len(chosen)
     if config.exclude_modules is not None:
         chosen = [n for n in chosen if not _matches(n, config.exclude_modules)]
     if not chosen:
         linear = [n for n, m in cands if not isinstance(m, (nn.Embedding, LoRAEmbedding))]
+        if matched:
+            raise ValueError(f"target_modules={spec!r} matched {matched} layers, but "
+                             f"exclude_modules={config.exclude_modules!r} excluded every one of them; "
+                             "narrow exclude_modules.")
+        hint = (" A string is a regular expression that must match the *whole* module name "
+                "(re.fullmatch), e.g. r'.*\\.(query|value)'; or pass a list of names."
+                if isinstance(spec, str) and spec != "all-linear" else "")
         raise ValueError(f"target_modules={spec!r} matched nothing; linear layers in this model: "
-                         f"{_short_names(linear)}. Embeddings: {_short_names([n for n, m in cands if n not in linear])}.")
+                         f"{_short_names(linear)}. Embeddings: {_short_names([n for n, m in cands if n not in linear])}."
+                         + hint)
     return chosen
 
 

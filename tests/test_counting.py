@@ -119,9 +119,10 @@ def test_lora_count_leaves_a_real_module_untouched():
         torch.testing.assert_close(after[k], v, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("args", [(0, 10, 4), (10, 0, 4), (10, 10, 0), (-1, 10, 4), (10, 10, -8)])
-def test_lora_matrix_count_rejects_non_positive(args):
-    with pytest.raises(ValueError, match="must be positive"):
+@pytest.mark.parametrize("args", [(0, 10, 4), (10, 0, 4), (10, 10, 0), (-1, 10, 4), (10, 10, -8),
+                                  (10.0, 10, 4), (10, 10, 2.5), (10, 10, True)])
+def test_lora_matrix_count_rejects_non_positive_or_non_integers(args):
+    with pytest.raises(ValueError, match="must be positive integers"):
         lora_matrix_count(*args)
 
 

@@ -144,6 +144,14 @@ def test_no_match_error_lists_candidates():
     assert "matched nothing" in msg
     for name in ("query", "key", "value", "attention.output.dense", "intermediate.dense"):
         assert name in msg
+    assert "fullmatch" not in msg  # a list of names: no regex hint
+
+
+def test_no_match_regex_explains_fullmatch_and_exclusion():
+    with pytest.raises(ValueError, match=r"matched nothing.*re\.fullmatch.*or pass a list of names"):
+        ml.inject_lora(tiny_bert(), ml.LoRAConfig(target_modules=r"query|value"))  # matches no whole name
+    with pytest.raises(ValueError, match=r"matched 4 layers, but exclude_modules='.\*self\.\*' excluded every one"):
+        ml.inject_lora(tiny_bert(), ml.LoRAConfig(target_modules=["query", "value"], exclude_modules=r".*self.*"))
 
 
 def test_modules_to_save_trains_a_copy_of_the_head_like_peft():
