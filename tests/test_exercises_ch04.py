@@ -3,9 +3,7 @@ import pytest
 
 from minilora.exercises import ch04
 
-
-def stub(*args):
-    raise NotImplementedError
+from checker_protocol import protocol_tests
 
 
 # Exercise 4.1 --------------------------------------------------------------------------------------
@@ -73,24 +71,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("check", [c for c, _, _ in CASES], ids=lambda c: c.__name__)
-def test_stub_is_not_attempted(check, capsys):
-    assert check(stub) is None
-    assert "not attempted yet" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("check,solution", [(c, s) for c, s, _ in CASES], ids=lambda x: x.__name__)
-def test_solution_passes(check, solution, capsys):
-    assert check(solution) is True
-    assert "passed" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("check,wrong", [(c, w) for c, _, ws in CASES for w in ws.values()],
-                         ids=[f"{c.__name__}-{k}" for c, _, ws in CASES for k in ws])
-def test_wrong_answer_fails_with_a_hint(check, wrong, capsys):
-    assert check(wrong) is False
-    out = capsys.readouterr().out
-    assert "Hint:" in out or "raised" in out
+test_stub_is_not_attempted, test_solution_passes, test_wrong_answer_fails_with_a_hint = \
+    protocol_tests(CASES)
 
 
 @pytest.mark.parametrize("name,wrong,fragment", [
