@@ -72,14 +72,18 @@ def _target(row: dict, task: str) -> int:
     return ids[row[key]]
 
 
+def _check_grouping(batch_size: int, window: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(window, int) or window < 1:
+        raise ValueError(f"batch_size and window must be positive integers, got {batch_size!r}, {window!r}.")
+
+
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int = 0,
                            window: int = 8) -> list[list[int]]:
     """Shuffled batches of indices in which the examples have similar lengths (less padding).
 
     The indices are shuffled, sorted by length within windows of ``window * batch_size``, cut into
     batches, and the batches shuffled again. Use it as ``DataLoader(rows, batch_sampler=...)``."""
-    if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(window, int) or window < 1:
-        raise ValueError(f"batch_size and window must be positive integers, got {batch_size!r}, {window!r}.")
+    _check_grouping(batch_size, window)
     rng = random.Random(seed)
     order = list(range(len(lengths)))
     rng.shuffle(order)
@@ -97,7 +101,7 @@ class LengthGroupedBatchSampler(Sampler):
     Two samplers built with the same ``seed`` give the same batches, epoch after epoch."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, window: int = 8) -> None:
-        length_grouped_batches(lengths[:1], batch_size, window=window)  # validates the arguments
+        _check_grouping(batch_size, window)
         self.lengths, self.batch_size, self.window = list(lengths), batch_size, window
         self._rng = random.Random(seed)
 
