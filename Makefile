@@ -8,13 +8,14 @@ STAMP  := $(VENV)/.minilora-installed
 TORCH_INDEX ?=
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg
 
-.PHONY: help venv assets lab test test-unit test-notebooks timings bench clean
+.PHONY: help venv assets lab test test-unit test-notebooks notebooks timings bench clean
 
 help:
 	@echo "make lab     set up .venv, fetch the models, open JupyterLab on notebooks/"
-	@echo "make test    unit tests + every notebook and solution under nbval"
+	@echo "make test    ruff, the unit tests, and every notebook and solution under nbval"
 	@echo "make assets  fetch and cache the two pretrained models (needs the network once)"
-	@echo "make timings execute every notebook and print its runtime (for the README table)"
+	@echo "make notebooks  execute every notebook in place, as they are committed (outputs tidied)"
+	@echo "make timings execute every notebook, print its runtime, write it into README and the title cells"
 	@echo "make bench   minilora vs PEFT training steps, merged vs base inference (benchmarks/)"
 
 venv: $(STAMP)
@@ -39,16 +40,21 @@ lab: assets
 	$(BIN)/python -m jupyter lab notebooks/
 
 test: assets
+	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest tests notebooks $(NBVAL) -q -p no:cacheprovider
 
 test-unit: venv
+	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest tests -q -p no:cacheprovider
 
 test-notebooks: assets
 	$(BIN)/python -m pytest notebooks $(NBVAL) -q -p no:cacheprovider
 
 timings: assets
-	$(BIN)/python tools/time_notebooks.py
+	$(BIN)/python tools/run_notebooks.py --timings --write-runtimes
+
+notebooks: assets
+	$(BIN)/python tools/run_notebooks.py
 
 bench: assets
 	$(BIN)/python benchmarks/bench_vs_peft.py

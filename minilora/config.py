@@ -1,26 +1,37 @@
-"""``LoRAConfig``: which layers get an adapter, and with what rank and scaling.  (Chapter 04)
+r"""``LoRAConfig``: which layers get an adapter, and with what rank and scaling.  (Chapter 04)
 
-The fields carry PEFT's meaning (PEFT calls the class ``LoraConfig`` and ``alpha`` ``lora_alpha``):
+The fields are PEFT's ``LoraConfig`` fields, with the same names, meanings and defaults, so that
+``peft.LoraConfig(**config.to_dict())`` describes the same adapter:
 
-* ``r``, ``alpha``: the update is ``(alpha / r) * B A`` (``alpha / sqrt(r)`` with ``use_rslora``).
-* ``target_modules``: which layers to adapt, in one of three forms:
-  a list of names, each matching a module name exactly or as a dotted suffix
-  (``"query"`` matches ``encoder.layer.0.attention.self.query``);
-  a string, used as a regular expression that must match the *whole* module name
-  (``r".*\\.(q|v)_proj"``); or ``"all-linear"``: every Linear and Conv1D except the output head.
-  ``None`` picks the usual choice for the course's architectures (attention query and value).
-* ``exclude_modules``: same forms; matching modules are never adapted.
-* ``bias``: which biases train too: ``"none"``, ``"all"``, or ``"lora_only"`` (biases of adapted layers).
+* ``r``, ``lora_alpha``: the update is :math:`\Delta W = \frac{\alpha}{r} B A` (with ``use_rslora``,
+  :math:`\frac{\alpha}{\sqrt r} B A`, rank-stabilised LoRA, Kalajdzievski 2023).
+* ``lora_dropout``: dropout on the input of the LoRA path only.
+* ``target_modules``: which layers to adapt, in one of three forms: a list of names, each matching a
+  module's full name or its last dotted parts (``"query"`` matches ``encoder.layer.0.attention.self.query``);
+  a string, a regular expression that must match the *whole* name (``r".*\.(q|v)_proj"``); or
+  ``"all-linear"``: every Linear and Conv1D except the output head. ``None`` picks the usual choice
+  for the model's architecture (attention query and value, ``DEFAULT_TARGETS``).
+* ``exclude_modules``: the same forms; matching modules are never adapted.
+* ``bias``: which biases train too: ``"none"``, ``"all"``, or ``"lora_only"`` (those of adapted layers).
 * ``modules_to_save``: modules trained fully and saved with the adapter, e.g. a new classifier head.
+* ``init_lora_weights``: ``True`` (A kaiming-uniform with a = sqrt 5, B = 0: the layer starts as the
+  base layer), ``"gaussian"`` (A ~ N(0, 1/r^2), B = 0), or ``False`` (B random too: not a no-op,
+  for tests).
+
+This module is a leaf: it imports nothing from minilora, and ``layers`` builds on it, as in PEFT.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 
-from .layers import INITS, _check_args
+__all__ = ["LoRAConfig", "DEFAULT_TARGETS", "BIASES", "INIT_LORA_WEIGHTS", "check_lora_args", "lora_scaling",
+           "name_matches", "check_module_spec"]
 
 BIASES = ("none", "all", "lora_only")
+#: The values ``init_lora_weights`` may take (PEFT accepts more, e.g. "pissa": chapter 09).
+INIT_LORA_WEIGHTS = (True, False, "gaussian")
 
 #: The usual targets (attention query and value, as in the LoRA paper) per transformers model_type.
 DEFAULT_TARGETS = {
@@ -32,43 +43,75 @@ DEFAULT_TARGETS = {
 }
 
 
+def check_lora_args(r: int, lora_alpha: float, lora_dropout: float, init_lora_weights: bool | str,
+                    use_rslora: bool = False) -> None:
+    """Raise a ``ValueError`` that says what to pass instead, for any invalid LoRA hyper-parameter."""
+    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
+        raise ValueError(f"r must be a positive integer (the rank of the update), got {r!r}.")
+    if not isinstance(lora_alpha, (int, float)) or isinstance(lora_alpha, bool) or not lora_alpha > 0:
+        raise ValueError(f"lora_alpha must be a positive number (scaling = lora_alpha / r), got {lora_alpha!r}.")
+    if not isinstance(lora_dropout, (int, float)) or isinstance(lora_dropout, bool) or not 0.0 <= lora_dropout < 1.0:
+        raise ValueError(f"lora_dropout must be a probability in [0, 1), got {lora_dropout!r}.")
+    if not any(init_lora_weights is v or (isinstance(v, str) and init_lora_weights == v) for v in INIT_LORA_WEIGHTS):
+        raise ValueError(f"init_lora_weights must be True (kaiming A, zero B), 'gaussian' or False (random B, "
+                         f"not a no-op), got {init_lora_weights!r}.")
+    if not isinstance(use_rslora, bool):
+        raise ValueError(f"use_rslora must be True or False, got {use_rslora!r}.")
+
+
+def lora_scaling(r: int, lora_alpha: float, use_rslora: bool = False) -> float:
+    """``lora_alpha / r``, or ``lora_alpha / sqrt(r)`` for rank-stabilised LoRA (rsLoRA)."""
+    return lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
+
+
+def name_matches(name: str, spec: list[str] | str) -> bool:
+    """Whether module ``name`` is selected by ``spec``: a list entry equals the name or its last
+    dotted parts; a string is a regular expression that must match the whole name."""
+    if isinstance(spec, str):
+        return re.fullmatch(spec, name) is not None
+    return any(name == key or name.endswith("." + key) for key in spec)
+
+
+def check_module_spec(field: str, value: list[str] | tuple[str, ...] | str | None) -> list[str] | str | None:
+    """Validate a list-of-names / regex / "all-linear" field; return it with lists as ``list``."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value != "all-linear":
+            try:
+                re.compile(value)
+            except re.error as e:
+                raise ValueError(f"{field}={value!r} is a string, so it is used as a regular expression, but it "
+                                 f"does not compile: {e}. Pass a list of names instead, e.g. ['query', 'value']."
+                                 ) from None
+        return value
+    if isinstance(value, (list, tuple, set)):
+        if not value or not all(isinstance(v, str) and v for v in value):
+            raise ValueError(f"{field} must be a non-empty list of module names, got {value!r}.")
+        return sorted(value) if isinstance(value, set) else list(value)
+    raise ValueError(f"{field} must be a list of names, a regex string or 'all-linear'; got {type(value).__name__}.")
+
+
 @dataclass
 class LoRAConfig:
-    """What to adapt and how. Validated on construction; see the module docstring."""
+    """What to adapt and how, in PEFT's field names and defaults. Validated on construction."""
 
     r: int = 8
-    alpha: float = 8
-    dropout: float = 0.0
+    lora_alpha: float = 8
+    lora_dropout: float = 0.0
     target_modules: list[str] | str | None = None
     exclude_modules: list[str] | str | None = None
     bias: str = "none"
     modules_to_save: list[str] | None = None
     use_rslora: bool = False
-    init: str = "kaiming"
+    init_lora_weights: bool | str = True
 
     def __post_init__(self) -> None:
-        _check_args(self.r, self.alpha, self.dropout, self.init)
+        check_lora_args(self.r, self.lora_alpha, self.lora_dropout, self.init_lora_weights, self.use_rslora)
         if self.bias not in BIASES:
             raise ValueError(f"bias must be one of {BIASES}, got {self.bias!r}.")
-        for name in ("target_modules", "exclude_modules"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, str):
-                if value != "all-linear":
-                    try:
-                        re.compile(value)
-                    except re.error as e:
-                        raise ValueError(f"{name}={value!r} is a string, so it is used as a regular "
-                                         f"expression, but it does not compile: {e}. Pass a list of "
-                                         "names instead, e.g. ['query', 'value'].") from None
-            elif isinstance(value, (list, tuple, set)):
-                if not value or not all(isinstance(v, str) and v for v in value):
-                    raise ValueError(f"{name} must be a non-empty list of module names, got {value!r}.")
-                setattr(self, name, list(value))
-            else:
-                raise ValueError(f"{name} must be a list of names, a regex string or 'all-linear'; "
-                                 f"got {type(value).__name__}.")
+        self.target_modules = check_module_spec("target_modules", self.target_modules)
+        self.exclude_modules = check_module_spec("exclude_modules", self.exclude_modules)
         if self.exclude_modules == "all-linear":
             raise ValueError("exclude_modules='all-linear' would exclude every target; list names instead.")
         if self.modules_to_save is not None:
@@ -77,18 +120,12 @@ class LoRAConfig:
             if not all(isinstance(m, str) and m for m in self.modules_to_save):
                 raise ValueError(f"modules_to_save must be a list of module names, got {self.modules_to_save!r}.")
             self.modules_to_save = list(self.modules_to_save)
-        if not isinstance(self.use_rslora, bool):
-            raise ValueError(f"use_rslora must be True or False, got {self.use_rslora!r}.")
 
     @property
     def scaling(self) -> float:
-        """``alpha / r``, or ``alpha / sqrt(r)`` with rsLoRA."""
-        from .layers import lora_scaling
-
-        return lora_scaling(self.r, self.alpha, self.use_rslora)
+        """``lora_alpha / r``, or ``lora_alpha / sqrt(r)`` with rsLoRA."""
+        return lora_scaling(self.r, self.lora_alpha, self.use_rslora)
 
     def to_dict(self) -> dict:
+        """The fields as a dict: ``peft.LoraConfig(**config.to_dict())`` builds the same adapter."""
         return asdict(self)
-
-
-__all__ = ["LoRAConfig", "DEFAULT_TARGETS", "BIASES", "INITS"]

@@ -1,4 +1,4 @@
-r"""Exact parameter counts for real architectures, without their weights.  (Chapter 04)
+r"""Counting parameters and bytes exactly, for real architectures, without their weights.  (Chapter 04)
 
 A LoRA adapter on a layer with weight :math:`W \in \mathbb{R}^{d_{out} \times d_{in}}` trains
 :math:`r (d_{in} + d_{out})` numbers, against :math:`d_{in} d_{out}` for the full matrix. Summed
@@ -6,47 +6,116 @@ over the targeted layers that is the whole adapter.
 
 To count exactly for a 7B or 70B model we build it from its transformers config on PyTorch's
 ``meta`` device: every tensor has a shape but no storage, so a 70B model "loads" in a second and
-in no memory. ``inject_lora`` runs on it unchanged, and we count what it created.
+in no memory. ``inject_lora`` runs on it unchanged, and we count what it created. A model that is
+already loaded is copied to the meta device the same way, without copying its weights.
 
 The LoRA paper's own formula for GPT-3 175B (attention matrices :math:`d \times d`) is
-:math:`|\Theta| = 2 \hat L r d_{model}`, with :math:`\hat L` the number of adapted matrices.
+:math:`|\Theta| = 2 \hat L r d_{model}` (section 7.1), with :math:`\hat L` the number of adapted matrices.
+
+This module is the one home of counting: parameters (``count_parameters``, PEFT's
+``get_nb_trainable_parameters`` and ``print_trainable_parameters``, ``lora_count``), parameters per
+part of a transformer (``component_counts``, ``block_summary``), and bytes held (``model_nbytes``).
 """
 from __future__ import annotations
 
+import copy
+
 import torch
+import transformers
 from torch import nn
 
 from .config import LoRAConfig
-from .inject import inject_lora, trainable_parameters
+from .inject import inject_lora, output_head_names
+from .layers import LoRALayer
+
+__all__ = ["meta_model", "as_model", "llama2_config", "LLAMA2", "count_parameters", "get_nb_trainable_parameters",
+           "print_trainable_parameters", "lora_count", "lora_matrix_count", "paper_formula", "model_nbytes",
+           "COMPONENTS", "component_counts", "block_summary"]
+
+LLAMA2 = {  # published hyper-parameters (Touvron et al. 2023); untied embeddings, vocab 32000
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32),
+    "13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                num_key_value_heads=40),
+    "70b": dict(hidden_size=8192, intermediate_size=28672, num_hidden_layers=80, num_attention_heads=64,
+                num_key_value_heads=8),
+}
+
+
+def llama2_config(size: str = "7b"):
+    """A ``LlamaConfig`` with Llama-2's published sizes: "7b", "13b" or "70b"."""
+    if not isinstance(size, str) or size.lower() not in LLAMA2:
+        raise ValueError(f"size must be one of {list(LLAMA2)}, got {size!r}.")
+    return transformers.LlamaConfig(vocab_size=32000, tie_word_embeddings=False, **LLAMA2[size.lower()])
 
 
 def meta_model(config, auto_class=None) -> nn.Module:
-    """Build the model for a transformers ``config`` on the meta device: shapes, no weights.
+    """Build the model of a transformers ``config`` on the meta device: shapes, no weights.
 
-    ``auto_class`` defaults to ``AutoModelForCausalLM`` (pass e.g. ``AutoModel`` for encoders)."""
-    if auto_class is None:
-        from transformers import AutoModelForCausalLM as auto_class
+    The class is ``auto_class`` if given (e.g. ``AutoModel`` for a bare encoder), else the one the
+    config names in ``architectures`` (e.g. "BertModel"), else ``AutoModelForCausalLM``."""
+    arch = (getattr(config, "architectures", None) or [None])[0]
     with torch.device("meta"):
-        return auto_class.from_config(config)
+        if auto_class is not None:
+            return auto_class.from_config(config)
+        cls = getattr(transformers, arch, None) if arch else None
+        return cls(config) if cls is not None else transformers.AutoModelForCausalLM.from_config(config)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Parameters of ``model``, shared (tied) tensors counted once, as ``model.parameters()`` does."""
-    return sum(p.numel() for p in model.parameters())
+def as_model(model_or_config) -> nn.Module:
+    """A model as it is; a transformers config built on the meta device (``meta_model``)."""
+    if isinstance(model_or_config, nn.Module):
+        return model_or_config
+    if isinstance(model_or_config, transformers.PretrainedConfig):
+        return meta_model(model_or_config)
+    raise TypeError(f"expected an nn.Module or a transformers config, got {type(model_or_config).__name__}.")
+
+
+def count_parameters(model_or_config) -> int:
+    """Parameters of a model (or of a config's model), tied tensors counted once, as
+    ``model.parameters()`` gives them; a 4-bit (NF4) weight, stored packed, counts as the
+    ``in * out`` numbers it stands for, as PEFT counts 4-bit weights."""
+    model = as_model(model_or_config)
+    return (sum(p.numel() for p in model.parameters())
+            + sum(m.in_features * m.out_features for m in model.modules() if getattr(m, "is_quantized", False)))
+
+
+def get_nb_trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts, as PEFT's method of the same name."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), count_parameters(model)
+
+
+def print_trainable_parameters(model: nn.Module) -> None:
+    """Print the counts in PEFT's exact format."""
+    trainable, total = get_nb_trainable_parameters(model)
+    print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose parameters and buffers are on the meta device; the weights
+    are never copied (shared tensors stay shared)."""
+    memo: dict[int, object] = {}
+    for p in model.parameters():
+        memo[id(p)] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)
 
 
 def lora_count(model_or_config, config: LoRAConfig, auto_class=None) -> tuple[int, int]:
-    """``(trainable, total)`` after injecting ``config``: exact, for any size, without weights.
+    """``(trainable, total)`` after ``inject_lora(model, config)``: exact, for any size, without weights.
 
-    A transformers config is first built on the meta device; a model is left untouched."""
+    A transformers config is built on the meta device (``meta_model``); a model is copied there,
+    and left untouched. Everything ``inject_lora`` makes trainable counts: the LoRA matrices, the
+    biases ``config.bias`` names and the ``modules_to_save``."""
     if isinstance(model_or_config, nn.Module):
-        import copy
-
-        model = copy.deepcopy(model_or_config).to("meta")
+        model = _meta_copy(model_or_config)
     else:
         model = meta_model(model_or_config, auto_class)
+    if any(isinstance(m, LoRALayer) for m in model.modules()):
+        raise ValueError("this model already has LoRA layers; count on the base model, before inject_lora.")
     inject_lora(model, config)
-    return trainable_parameters(model)
+    return get_nb_trainable_parameters(model)
 
 
 def lora_matrix_count(d_in: int, d_out: int, r: int) -> int:
@@ -59,6 +128,12 @@ def lora_matrix_count(d_in: int, d_out: int, r: int) -> int:
 def paper_formula(n_matrices: int, d_model: int, r: int) -> int:
     """The LoRA paper's count for square attention matrices: ``2 * n_matrices * d_model * r``."""
     return 2 * n_matrices * d_model * r
+
+
+def model_nbytes(model: nn.Module) -> int:
+    """Bytes really held by the model's tensors: every parameter and buffer, once each."""
+    tensors = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 #: The parts of a transformer that ``component_counts`` reports, always in this order.
@@ -92,18 +167,15 @@ def component_counts(model: nn.Module) -> dict[str, int]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"component_counts expects an nn.Module, got {type(model).__name__}; "
                         "for a transformers config use component_counts(meta_model(config)).")
-    from .inject import _head_names
-
-    heads = _head_names(model)
+    heads = output_head_names(model)
     counts = dict.fromkeys(COMPONENTS, 0)
     seen: set[int] = set()
     for name, module in model.named_modules():
         for p in module.parameters(recurse=False):
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            part = _component(name, module, heads)
-            counts[part] = counts.get(part, 0) + p.numel()
+            if id(p) not in seen:
+                seen.add(id(p))
+                part = _component(name, module, heads)
+                counts[part] = counts.get(part, 0) + p.numel()
     return counts
 
 
@@ -123,9 +195,7 @@ def _shape(module: nn.Module) -> str:
     weight = getattr(module, "weight", None)
     if weight is not None and type(module).__name__ == "Conv1D":  # stored (in, out)
         return f"{weight.shape[0]} → {weight.shape[1]}"
-    if weight is not None:
-        return " × ".join(map(str, weight.shape))
-    return ""
+    return " × ".join(map(str, weight.shape)) if weight is not None else ""
 
 
 def block_summary(model: nn.Module, index: int = 0) -> str:
@@ -135,25 +205,20 @@ def block_summary(model: nn.Module, index: int = 0) -> str:
     if not -len(blocks) <= index < len(blocks):
         raise ValueError(f"index={index} is out of range: the model has {len(blocks)} blocks.")
     block = blocks[index]
-    from .layers import LoRALayer
-
     rows, skip = [], []
     for name, module in block.named_modules():
         if not name or any(name.startswith(s + ".") for s in skip):
             continue
         own = sum(p.numel() for p in module.parameters(recurse=False))
+        kind = type(module).__name__
         if isinstance(module, LoRALayer):
             skip.append(name)
             own = sum(p.numel() for p in module.parameters())
+            kind += " r=" + "/".join(str(r) for r in module.r.values())
         if own:
-            kind = type(module).__name__
-            if isinstance(module, LoRALayer):
-                kind += " r=" + "/".join(str(r) for r in module.r.values())
             rows.append((name, kind, _shape(module), own))
     total = sum(p.numel() for p in block.parameters())
-    w = max(len(r[0]) for r in rows)
-    t = max(len(r[1]) for r in rows)
-    s = max(len(r[2]) for r in rows)
+    w, t, s = (max(len(r[i]) for r in rows) for i in range(3))
     lines = [f"{prefix}.{index % len(blocks)}: one of {len(blocks)} × {type(block).__name__}, "
              f"{total:,} parameters each"]
     lines += [f"  {n:<{w}}  {k:<{t}}  {sh:<{s}}  {c:>11,}" for n, k, sh, c in rows]

@@ -1,4 +1,4 @@
-"""The course's sentiment dataset and a batching loader for it.  (Chapters 05 and 06)
+"""The course's datasets and a batching loader.  (Chapters 05, 06 and 07)
 
 ``data/sentiment/{train,validation,test}.csv`` hold 2,400 short English reviews written for the
 course (1,600 / 400 / 400), each labelled ``negative`` or ``positive`` and tagged with one of four
@@ -14,17 +14,26 @@ $B$ reviews of lengths $n_1..n_B$ a batch is a $B \\times \\max_i \\min(n_i, L)$
 ``max_length``, rather than $B \\times L$, which saves compute on short texts. With ``group_by_length=True`` the
 batches also hold reviews of similar length (``length_grouped_batches``), so that little of each
 batch is padding: on the course data about a third fewer token positions per epoch.
+
+``load_instructions`` reads chapter 07's instruction data, ``data/instructions/{split}.jsonl``: rows
+``{"skill", "instruction", "response"}`` for four skills (see ``data/README.md``).
 """
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
 import random
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Sampler
+
+__all__ = ["SPLITS", "LABELS", "DOMAINS", "TASKS", "TASK_LABELS", "label_ids", "domain_ids", "COLUMNS", "data_dir",
+           "load_sentiment", "length_grouped_batches", "LengthGroupedBatchSampler", "make_loader",
+           "load_instructions", "load_jsonl"]
 
 SPLITS = ("train", "validation", "test")
 LABELS = ("negative", "positive")
@@ -37,14 +46,14 @@ domain_ids = {name: i for i, name in enumerate(DOMAINS)}
 COLUMNS = ("text", "label", "domain")
 
 
-def data_dir() -> Path:
-    """The repository's ``data/`` folder (found next to the ``minilora`` package)."""
-    path = Path(__file__).resolve().parent.parent / "data"
-    if not (path / "sentiment").is_dir():
+def data_dir(dataset: str = "sentiment") -> Path:
+    """The folder of one of the course's datasets, ``data/<dataset>`` next to the ``minilora`` package."""
+    path = Path(__file__).resolve().parent.parent / "data" / dataset
+    if not path.is_dir():
         raise FileNotFoundError(
-            f"the course data is not at {path / 'sentiment'}. minilora must be installed from a "
-            "checkout of the course repository with `pip install -e .` (the Makefile does this), so "
-            "that data/ sits next to the minilora/ package."
+            f"the course data is not at {path}. minilora must be installed from a checkout of the course "
+            "repository with `pip install -e .` (the Makefile does this), so that data/ sits next to the "
+            "minilora/ package."
         )
     return path
 
@@ -53,7 +62,7 @@ def load_sentiment(split: str) -> list[dict]:
     """Rows ``{"text", "label", "domain"}`` of one split: ``"train"``, ``"validation"`` or ``"test"``."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(map(repr, SPLITS))}")
-    path = data_dir() / "sentiment" / f"{split}.csv"
+    path = data_dir("sentiment") / f"{split}.csv"
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if tuple(reader.fieldnames or ()) != COLUMNS:
@@ -157,3 +166,28 @@ def make_loader(rows: list[dict], tokenizer, *, task: str = "sentiment", batch_s
     generator = torch.Generator().manual_seed(seed) if shuffle else None
     return DataLoader(examples, batch_size=batch_size, shuffle=shuffle, generator=generator,
                       collate_fn=collate)
+
+
+def load_instructions(split: str) -> list[dict]:
+    """Rows ``{"skill", "instruction", "response"}`` of the course's instruction data (chapter 07).
+
+    ``split``: ``"train"``, ``"validation"`` (for choosing hyper-parameters) or ``"test"`` (held out)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(map(repr, SPLITS))}.")
+    return load_jsonl(data_dir("instructions") / f"{split}.jsonl")
+
+
+def load_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The rows of a JSON-lines file (one JSON object per line)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; the course's instruction data is in data/instructions/.")
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n} is not valid JSON: {e}") from None
+    return rows

@@ -16,6 +16,10 @@ from importlib import metadata
 import numpy as np
 import torch
 
+from . import models
+
+__all__ = ["EXPECTED", "seed_everything", "Check", "check_environment", "print_environment"]
+
 #: The versions the course is pinned to (pyproject.toml); others may work but give other numbers.
 EXPECTED = {
     "torch": "2.13.0",
@@ -66,8 +70,6 @@ def _usable_cores() -> int:
 
 def check_environment() -> list[Check]:
     """Check Python, the pinned packages, CPU threads and the cached models."""
-    from . import models  # local import: models imports transformers, which is slow
-
     checks = [Check("python", sys.version_info >= (3, 10), platform.python_version(),
                     "install Python 3.10 or newer")]
     for pkg, want in EXPECTED.items():

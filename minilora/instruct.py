@@ -35,16 +35,16 @@ fraction of the loss.
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
-from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from .data import length_grouped_batches  # noqa: F401  (also used for chat examples, chapter 07)
+__all__ = ["END_OF_TURN", "SYSTEM", "IGNORE_INDEX", "CUT", "end_of_turn_id", "prompt_text", "encode_example",
+           "ChatCollator", "left_pad", "generate", "answer_rows", "token_budgets", "exact_match",
+           "evaluate_exact_match"]
 
 END_OF_TURN = "<|im_end|>"
 #: The system message used in chapter 07, for training and evaluation alike. An empty message keeps
@@ -266,41 +266,3 @@ def evaluate_exact_match(predictions: Sequence[str], rows: Sequence[Mapping[str,
     scores = {k: 100.0 * sum(v) / len(v) for k, v in sorted(hits.items())}
     scores["overall"] = 100.0 * sum(sum(v) for v in hits.values()) / len(rows)
     return scores
-
-
-SPLITS = ("train", "validation", "test")
-
-
-def load_instructions(split: str) -> list[dict]:
-    """Rows ``{"skill", "instruction", "response"}`` of the course's instruction data (chapter 07).
-
-    ``split``: ``"train"``, ``"validation"`` (for choosing hyper-parameters) or ``"test"`` (held out)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(map(repr, SPLITS))}.")
-    path = Path(__file__).resolve().parent.parent / "data" / "instructions" / f"{split}.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"the instruction data is not at {path}. minilora must be installed from a "
-                                "checkout of the course repository with `pip install -e .` (the Makefile does "
-                                "this), so that data/ sits next to the minilora/ package.")
-    return load_jsonl(path)
-
-
-def load_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The rows of a JSON-lines file (one JSON object per line)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; the course's instruction data is in data/instructions/.")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{n} is not valid JSON: {e}") from None
-    return rows
-
-
-__all__ = ["END_OF_TURN", "SYSTEM", "IGNORE_INDEX", "CUT", "end_of_turn_id", "prompt_text", "encode_example",
-           "ChatCollator", "length_grouped_batches", "left_pad", "generate", "answer_rows", "token_budgets", "exact_match",
-           "evaluate_exact_match", "SPLITS", "load_instructions", "load_jsonl"]

@@ -33,10 +33,14 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from .adapters import _check_not_merged, _saved_modules, add_adapter, delete_adapter, list_adapters
+from .adapters import _saved_modules, add_adapter, check_not_merged, delete_adapter, list_adapters
 from .config import DEFAULT_TARGETS, LoRAConfig
+from .embedding import LoRAEmbedding
 from .inject import lora_layers
-from .layers import LoRAEmbedding, LoRALinear
+from .layers import LoRALinear
+
+__all__ = ["save_adapter", "load_adapter", "get_peft_model_state_dict", "peft_config_dict", "read_adapter_config",
+           "AdapterFileError", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -55,7 +59,7 @@ class AdapterFileError(ValueError):
 
 
 def _config(model: nn.Module, adapter_name: str) -> LoRAConfig:
-    configs = getattr(model, "lora_configs", None) or {}
+    configs = getattr(model, "peft_config", None) or {}
     if adapter_name not in configs:
         raise ValueError(f"the model has no adapter named {adapter_name!r}; it has {list(configs)}."
                          if configs else "this model has no adapters; call minilora.inject_lora(model, config) first.")
@@ -71,30 +75,27 @@ def _adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Ten
             continue
         if any(name.startswith(p + ".") for p, _ in saved):
             raise ValueError(f"{name} is a LoRA layer inside a module_to_save; PEFT's format cannot express that.")
-        A, B = layer.get_lora_AB(adapter_name)
+        A, B = layer.factors(adapter_name)
         if isinstance(layer, LoRAEmbedding):
             out[f"{PREFIX}{name}.lora_embedding_A"], out[f"{PREFIX}{name}.lora_embedding_B"] = A, B
         else:
             out[f"{PREFIX}{name}.lora_A.weight"], out[f"{PREFIX}{name}.lora_B.weight"] = A, B
-        if cfg.bias == "lora_only" and getattr(layer.base, "bias", None) is not None:
-            out[f"{PREFIX}{name}.base_layer.bias"] = layer.base.bias
+        if cfg.bias == "lora_only" and getattr(layer.base_layer, "bias", None) is not None:
+            out[f"{PREFIX}{name}.base_layer.bias"] = layer.base_layer.bias
     for name, m in saved:
         if adapter_name in m.modules_to_save:
             for key, t in m.modules_to_save[adapter_name].state_dict(keep_vars=True).items():
                 out[f"{PREFIX}{name}.{key}"] = t
-    if cfg.bias == "all":
-        lora = {n for n, _ in lora_layers(model)}
+    if cfg.bias == "all":  # every bias, under its name in the model (the same as in PEFT's)
         for pname, p in model.named_parameters():
-            owner = pname.rpartition(".")[0]
             if pname.endswith("bias") and not any(pname.startswith(s + ".") for s, _ in saved):
-                if owner.endswith(".base") and owner[:-5] in lora:
-                    pname = owner[:-5] + ".base_layer.bias"
                 out[PREFIX + pname] = p
     return out
 
 
-def adapter_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """The tensors ``save_adapter`` writes, under PEFT's names (detached copies)."""
+def get_peft_model_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """The tensors ``save_adapter`` writes, under PEFT's names (detached copies), as PEFT's function
+    of the same name returns them."""
     return {k: v.detach().cpu().contiguous().clone() for k, v in _adapter_tensors(model, adapter_name).items()}
 
 
@@ -112,10 +113,10 @@ def peft_config_dict(model: nn.Module, adapter_name: str = "default") -> dict:
     fan_in_fan_out = any(isinstance(layer, LoRALinear) and layer.fan_in_fan_out and adapter_name in layer.adapters
                          for _, layer in lora_layers(model))
     return {"peft_type": "LORA", "task_type": task, "base_model_name_or_path": name_or_path,
-            "r": cfg.r, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout, "target_modules": targets,
+            "r": cfg.r, "lora_alpha": cfg.lora_alpha, "lora_dropout": cfg.lora_dropout, "target_modules": targets,
             "exclude_modules": cfg.exclude_modules, "bias": cfg.bias, "use_rslora": cfg.use_rslora,
             "modules_to_save": cfg.modules_to_save, "fan_in_fan_out": fan_in_fan_out,
-            "init_lora_weights": True if cfg.init == "kaiming" else "gaussian", "inference_mode": True,
+            "init_lora_weights": cfg.init_lora_weights, "inference_mode": True,
             "use_dora": False, "rank_pattern": {}, "alpha_pattern": {}}
 
 
@@ -138,7 +139,7 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
 
     Only the adapter is written (kilobytes), never the base model."""
     directory = Path(directory)
-    tensors = adapter_state_dict(model, adapter_name)
+    tensors = get_peft_model_state_dict(model, adapter_name)
     config = json.dumps(peft_config_dict(model, adapter_name), indent=2, sort_keys=True) + "\n"
     directory.mkdir(parents=True, exist_ok=True)
     _write_atomic(directory / WEIGHTS_NAME, safetensors_bytes(tensors, metadata={"format": "pt"}))
@@ -157,7 +158,8 @@ def read_adapter_config(directory: str | os.PathLike) -> dict:
     try:
         cfg = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AdapterFileError(f"{path} is not valid JSON ({e}); the file is damaged, save the adapter again.") from None
+        raise AdapterFileError(f"{path} is not valid JSON ({e}); the file is damaged, save the adapter again."
+                               ) from None
     if not isinstance(cfg, dict):
         raise AdapterFileError(f"{path} should hold a JSON object, got {type(cfg).__name__}.")
     if cfg.get("peft_type") != "LORA":
@@ -193,10 +195,12 @@ def _to_lora_config(cfg: dict, model: nn.Module) -> LoRAConfig:
     if saved:  # PEFT adds "classifier" and "score" for every classifier; keep the ones this model has
         names = [n for n, _ in model.named_modules()]
         saved = [k for k in saved if any(n == k or n.endswith("." + k) for n in names)] or None
-    return LoRAConfig(r=cfg["r"], alpha=cfg["lora_alpha"], dropout=cfg.get("lora_dropout", 0.0),
+    init = cfg.get("init_lora_weights", True)  # other initialisations ("orthogonal", ...) do not change what the
+    init = init if init is True or init is False or init == "gaussian" else True  # trained A, B in the file mean
+    return LoRAConfig(r=cfg["r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg.get("lora_dropout", 0.0),
                       target_modules=cfg.get("target_modules"), exclude_modules=cfg.get("exclude_modules"),
                       bias=cfg.get("bias", "none"), modules_to_save=saved, use_rslora=cfg.get("use_rslora", False),
-                      init="gaussian" if cfg.get("init_lora_weights") == "gaussian" else "kaiming")
+                      init_lora_weights=init)
 
 
 def _optional_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
@@ -205,7 +209,7 @@ def _optional_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Te
     out = {}
     for name, layer in lora_layers(model):
         if isinstance(layer, LoRAEmbedding) and adapter_name in layer.adapters:
-            out[f"{PREFIX}{name}.base_layer.weight"] = layer.base.weight
+            out[f"{PREFIX}{name}.base_layer.weight"] = layer.base_layer.weight
     for name, m in _saved_modules(model):
         if adapter_name in m.modules_to_save:
             for key, t in m.original_module.state_dict(keep_vars=True).items():
@@ -245,7 +249,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
     directory = Path(directory)
     cfg = read_adapter_config(directory)
     found = _read_tensors(directory)
-    _check_not_merged(model, "loading an adapter")
+    check_not_merged(model, "loading an adapter")
     base = cfg.get("base_model_name_or_path")
     here = getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
     try:
@@ -254,8 +258,9 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
         raise AdapterFileError(f"{directory / CONFIG_NAME} is not a valid LoRA config: {e}") from None
     existed = adapter_name in list_adapters(model)
     if existed:
-        have = model.lora_configs[adapter_name]
-        diff = [f"{f}: model {getattr(have, f)!r}, file {getattr(config, f)!r}" for f in ("r", "alpha", "use_rslora")
+        have = model.peft_config[adapter_name]
+        diff = [f"{f}: model {getattr(have, f)!r}, file {getattr(config, f)!r}"
+                for f in ("r", "lora_alpha", "use_rslora")
                 if getattr(have, f) != getattr(config, f)]
         if diff:
             raise AdapterFileError(f"the model's adapter {adapter_name!r} differs from the file ({'; '.join(diff)}). "
@@ -263,7 +268,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
     else:
         grads = [(p, p.requires_grad) for p in model.parameters()]
         try:
-            add_adapter(model, config, adapter_name)
+            add_adapter(model, adapter_name, config)
         except ValueError as e:
             raise AdapterFileError(f"the adapter in {directory} (saved from base {base or 'not named'}) does not fit "
                                    f"this model ({here}): {e}") from None
@@ -291,7 +296,3 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
                 p.requires_grad_(g)
         raise
     return model
-
-
-__all__ = ["save_adapter", "load_adapter", "adapter_state_dict", "peft_config_dict", "read_adapter_config",
-           "AdapterFileError", "CONFIG_NAME", "WEIGHTS_NAME"]

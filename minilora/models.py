@@ -14,8 +14,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the course never downloads from the hub
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers.utils import logging
+
+__all__ = ["ENCODER_DIR", "CHAT_DIR", "ENCODER_NAME", "CHAT_NAME", "AssetsMissing", "cache_dir", "cached_models",
+           "model_path", "load_encoder", "load_chat_model"]
 
 ENCODER_DIR = "all-MiniLM-L6-v2"
 CHAT_DIR = "SmolLM2-135M-Instruct"
@@ -60,9 +63,6 @@ def load_encoder(num_labels: int | None = None, **kwargs):
 
     ``num_labels=None`` gives the bare ``BertModel``; an int gives a sequence classifier whose new
     head is initialised from torch's current random state (seed first for reproducibility)."""
-    from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging
-
     path = model_path(ENCODER_DIR)
     tok = AutoTokenizer.from_pretrained(path)
     if num_labels is None:
@@ -80,8 +80,6 @@ def load_encoder(num_labels: int | None = None, **kwargs):
 
 def load_chat_model(**kwargs):
     """SmolLM2-135M-Instruct (fp32) and its tokenizer: ``(model, tokenizer)``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     path = model_path(CHAT_DIR)
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)

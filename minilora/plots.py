@@ -25,6 +25,8 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
+__all__ = ["singular_values", "loss_curves", "accuracy_vs_params", "param_bars"]
+
 
 def _axes(ax: Axes | None, figsize: tuple[float, float] = (6.4, 4.0)) -> Axes:
     if ax is None:

@@ -27,19 +27,19 @@ blocks of 256, and store each as int8 with one fp32 absmax per block (we round s
 [-127, 127]; bitsandbytes uses a non-linear 8-bit code of the same size). That costs
 8/64 + 32/(64*256) = 0.127 bits, so 4.127 bits per weight, plus one fp32 mean per tensor.
 
-``LinearNF4`` is a frozen linear layer stored this way: it dequantizes in ``forward`` (and again in
-backward, so the full weight is never kept for the backward pass) and ``LoRALinear`` wraps it:
-that is QLoRA. ``quantize_model_nf4`` swaps the linear layers of a whole model.
+``minilora.qlora`` builds on this format: a frozen linear layer stored in NF4, under LoRA.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+__all__ = ["NF4_OFFSET", "NF4", "nf4_codebook", "pack_4bit", "unpack_4bit", "nf4_nbytes", "NF4Tensor", "quantize_nf4",
+           "dequantize_nf4", "check_blocksize"]
 
 NF4_OFFSET = 0.9677083
 
@@ -60,7 +60,7 @@ _BYTE_VALUES = torch.stack([NF4.repeat_interleave(16), NF4.repeat(16)], dim=1)
 """Row ``b`` holds the two values that byte ``b`` stands for (high nibble first): one lookup per byte."""
 
 
-def _check_blocksize(blocksize: int, what: str = "blocksize") -> None:
+def check_blocksize(blocksize: int, what: str = "blocksize") -> None:
     if not isinstance(blocksize, int) or isinstance(blocksize, bool) or blocksize < 2 or blocksize % 2:
         raise ValueError(f"{what} must be a positive even integer (e.g. 64), got {blocksize!r}.")
 
@@ -150,8 +150,8 @@ def quantize_nf4(w: torch.Tensor, blocksize: int = 64, double_quant: bool = Fals
     if not isinstance(w, torch.Tensor) or not w.is_floating_point():
         raise ValueError(f"quantize_nf4 needs a floating-point tensor, got "
                          f"{w.dtype if isinstance(w, torch.Tensor) else type(w).__name__}.")
-    _check_blocksize(blocksize)
-    _check_blocksize(dq_blocksize, "dq_blocksize")
+    check_blocksize(blocksize)
+    check_blocksize(dq_blocksize, "dq_blocksize")
     if w.numel() == 0:
         raise ValueError("quantize_nf4 needs a non-empty tensor.")
     flat = w.detach().reshape(-1).float()
@@ -184,140 +184,3 @@ def dequantize_nf4(q: NF4Tensor, dtype: Optional[torch.dtype] = None) -> torch.T
     pad = absmax.numel() * bs - values.numel()  # >= 0: bs is even, so at most the last block is partial
     values = (F.pad(values, (0, pad)) if pad else values).view(-1, bs) * absmax[:, None]
     return values.reshape(-1)[:n].reshape(q.shape).to(dtype or q.dtype)
-
-
-class _NF4Matmul(torch.autograd.Function):
-    """``x @ W^T`` that dequantizes W in forward and again in backward, saving no full weight."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, layer: "LinearNF4") -> torch.Tensor:
-        ctx.layer = layer
-        return F.linear(x, layer.dequantize_weight(x.dtype))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad @ ctx.layer.dequantize_weight(grad.dtype), None
-
-
-class LinearNF4(nn.Module):
-    """A frozen linear layer whose weight is stored in NF4; the bias stays in fp32.
-
-    ``forward`` computes in ``compute_dtype`` (default: the original weight's dtype) and returns
-    the input's dtype. Build one with ``LinearNF4.from_linear(linear)``. ``LoRALinear`` wraps it
-    (QLoRA) but refuses to merge into it. Do not cast it with ``.to(dtype)``: that would cast the
-    fp32 block constants too; set ``compute_dtype`` instead."""
-
-    is_quantized = True
-
-    def __init__(self, weight: NF4Tensor, bias: Optional[torch.Tensor] = None,
-                 compute_dtype: Optional[torch.dtype] = None):
-        super().__init__()
-        if not isinstance(weight, NF4Tensor) or len(weight.shape) != 2:
-            raise ValueError("LinearNF4 needs a 2-D NF4Tensor weight (out_features, in_features).")
-        self.out_features, self.in_features = weight.shape
-        # The bias is registered first: LoRALinear takes its adapters' dtype from the first parameter.
-        self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone(), requires_grad=False)
-        for name in ("codes", "absmax", "absmax_scale", "absmax_mean"):
-            self.register_buffer(f"weight_{name}", getattr(weight, name))
-        self._meta = (weight.shape, weight.dtype, weight.blocksize, weight.dq_blocksize)
-        self.compute_dtype = compute_dtype or weight.dtype
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, blocksize: int = 64, double_quant: bool = True,
-                    compute_dtype: Optional[torch.dtype] = None) -> "LinearNF4":
-        """Quantize ``linear.weight`` to NF4 (double-quantized by default, as QLoRA)."""
-        if not isinstance(linear, nn.Linear):
-            raise ValueError(f"from_linear takes an nn.Linear, got {type(linear).__name__}.")
-        q = quantize_nf4(linear.weight, blocksize, double_quant)
-        return cls(q, linear.bias, compute_dtype)
-
-    @property
-    def weight_nf4(self) -> NF4Tensor:
-        """The stored weight as an NF4Tensor (views of this module's buffers)."""
-        shape, dtype, bs, dq_bs = self._meta
-        return NF4Tensor(self.weight_codes, self.weight_absmax, shape, dtype, bs,
-                         self.weight_absmax_scale, self.weight_absmax_mean, dq_bs)
-
-    def dequantize_weight(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        """The full weight (out, in), rebuilt from NF4, in ``dtype`` (default ``compute_dtype``)."""
-        return dequantize_nf4(self.weight_nf4, dtype or self.compute_dtype)
-
-    def to_linear(self) -> nn.Linear:
-        """A plain ``nn.Linear`` holding the dequantized weight (e.g. to merge LoRA into it)."""
-        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                        device=self.weight_codes.device, dtype=self._meta[1])
-        with torch.no_grad():
-            out.weight.copy_(self.dequantize_weight(self._meta[1]))
-            if self.bias is not None:
-                out.bias.copy_(self.bias)
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not x.is_floating_point():
-            raise TypeError(f"LinearNF4 needs a floating-point input, got {x.dtype}.")
-        out = _NF4Matmul.apply(x.to(self.compute_dtype), self)
-        if self.bias is not None:
-            out = out + self.bias.to(self.compute_dtype)
-        return out.to(x.dtype)
-
-    def extra_repr(self) -> str:
-        q = self.weight_nf4
-        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"blocksize={q.blocksize}, double_quant={q.double_quant}, compute_dtype={self.compute_dtype}")
-
-
-@dataclass
-class QuantizeReport:
-    """What ``quantize_model_nf4`` did: layers replaced, layers left alone (and why), bytes."""
-
-    replaced: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-    bytes_before: int = 0
-    bytes_after: int = 0
-
-    def __str__(self) -> str:
-        lines = [f"NF4: replaced {len(self.replaced)} linear layers; model {self.bytes_before / 1e6:,.2f} MB "
-                 f"-> {self.bytes_after / 1e6:,.2f} MB ({self.bytes_before / max(self.bytes_after, 1):.2f}x smaller)"]
-        lines += [f"  left in full precision: {n} ({why})" for n, why in self.skipped.items()]
-        return "\n".join(lines)
-
-
-def quantize_model_nf4(model: nn.Module, skip: Sequence[str] = ("lm_head",), blocksize: int = 64,
-                       double_quant: bool = True, compute_dtype: Optional[torch.dtype] = None) -> QuantizeReport:
-    """Replace, in place, every ``nn.Linear`` of ``model`` by a frozen ``LinearNF4``.
-
-    Left alone (and listed in the report): layers whose full name, or any dotted part of it, is
-    in ``skip`` (the LM head by default); weights tied to another parameter; subclasses of
-    nn.Linear and Conv1D; and, in a model that has LoRA layers, linears that are still trainable
-    (e.g. ``modules_to_save``). In a LoRA model the ``.base`` of each ``LoRALinear`` is quantized."""
-    from .layers import LoRALinear
-    from .memory import model_nbytes
-
-    if isinstance(skip, str):
-        raise ValueError(f"skip must be a list of names, e.g. [{skip!r}], not a string.")
-    _check_blocksize(blocksize)
-    if isinstance(model, (nn.Linear, LoRALinear)):
-        raise ValueError("model is itself a single layer; use LinearNF4.from_linear(layer) instead.")
-    report = QuantizeReport(bytes_before=model_nbytes(model))
-    has_lora = any(isinstance(m, LoRALinear) for m in model.modules())
-    uses: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        uses[id(p)] = uses.get(id(p), 0) + 1
-    for name, mod in list(model.named_modules()):
-        if not isinstance(mod, nn.Linear):
-            if type(mod).__name__ == "Conv1D":
-                report.skipped[name] = "Conv1D is not quantized here"
-            continue
-        parts = name.split(".")
-        why = ("named in skip" if name in skip or any(s in parts for s in skip) else
-               "a subclass of nn.Linear" if type(mod) is not nn.Linear else
-               "weight tied to another parameter" if uses[id(mod.weight)] > 1 else
-               "trainable in a LoRA model" if has_lora and mod.weight.requires_grad else None)
-        if why:
-            report.skipped[name] = why
-            continue
-        parent = model.get_submodule(".".join(parts[:-1])) if len(parts) > 1 else model
-        setattr(parent, parts[-1], LinearNF4.from_linear(mod, blocksize, double_quant, compute_dtype))
-        report.replaced.append(name)
-    report.bytes_after = model_nbytes(model)
-    return report

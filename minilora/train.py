@@ -41,6 +41,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+__all__ = ["History", "evaluate", "fit"]
+
 
 @dataclass
 class History:
@@ -182,7 +184,7 @@ def fit(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, lr: float 
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters (all requires_grad=False); "
-                         "mark the ones to train, e.g. with mark_only_lora_trainable(model).")
+                         "mark the ones to train, e.g. with mark_only_lora_as_trainable(model).")
     if optimizer is None:
         lr = 1e-3 if lr is None else lr
         if not lr > 0:

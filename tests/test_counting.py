@@ -2,12 +2,19 @@
 import pytest
 import torch
 from torch import nn
-from transformers import (AutoModel, BertConfig, BertModel, GPT2Config, LlamaConfig, LlamaForCausalLM,
-                          RobertaConfig)
+from transformers import AutoModel, BertConfig, BertModel, GPT2Config, LlamaConfig, LlamaForCausalLM, RobertaConfig
 
 from minilora.config import LoRAConfig
-from minilora.counting import (COMPONENTS, block_summary, component_counts, count_parameters, lora_count,
-                               lora_matrix_count, meta_model, paper_formula)
+from minilora.counting import (
+    COMPONENTS,
+    block_summary,
+    component_counts,
+    count_parameters,
+    lora_count,
+    lora_matrix_count,
+    meta_model,
+    paper_formula,
+)
 from minilora.inject import inject_lora, lora_layers
 
 QV = ["q_proj", "v_proj"]
@@ -83,7 +90,7 @@ def test_gpt2_conv1d_adapter_shapes_follow_the_paper_layout():
     inject_lora(model, LoRAConfig(r=8, target_modules=["c_attn"]))
     layer = dict(lora_layers(model))["transformer.h.0.attn.c_attn"]
     assert layer.fan_in_fan_out
-    assert layer.lora_A["default"].shape == (8, 768) and layer.lora_B["default"].shape == (2304, 8)
+    assert layer.lora_A["default"].weight.shape == (8, 768) and layer.lora_B["default"].weight.shape == (2304, 8)
 
 
 def test_lora_count_matches_a_real_model_with_weights():
@@ -109,7 +116,7 @@ def test_lora_count_leaves_a_real_module_untouched():
     trainable, total = lora_count(model, LoRAConfig(r=4, target_modules="all-linear"))
     assert trainable == 2 * 4 * (2 * (32 + 32) + 2 * (32 + 16) + 3 * (32 + 64))
     assert total == count_parameters(model) + trainable
-    assert not list(lora_layers(model)) and not hasattr(model, "lora_configs")
+    assert not list(lora_layers(model)) and not hasattr(model, "peft_config")
     assert {n: type(m) for n, m in model.named_modules()} == types
     assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
     after = model.state_dict()

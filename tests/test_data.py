@@ -143,7 +143,8 @@ def test_bad_split_raises_with_the_allowed_names():
 
 
 def test_data_dir_is_the_repository_data_folder(monkeypatch, tmp_path):
-    assert data.data_dir() == ROOT / "data"
+    assert data.data_dir() == ROOT / "data" / "sentiment"
+    assert data.data_dir("instructions") == ROOT / "data" / "instructions"
     monkeypatch.setattr(data, "__file__", str(tmp_path / "minilora" / "data.py"))
     with pytest.raises(FileNotFoundError, match="pip install -e"):
         load_sentiment("train")
@@ -211,7 +212,8 @@ def test_group_by_length_pads_less_and_is_seeded_per_epoch(splits, tokenizer):
     assert first != second  # a new grouping every epoch
     assert len(first) == len(grouped) == 100 and sum(shape[0] for shape in first) == len(rows)
     assert sum(b[2] for b in first) == sum(r["label"] == "positive" for r in rows)  # every review once
-    positions = lambda epoch: sum(b[0] * b[1] for b in epoch)
+    def positions(epoch):
+        return sum(b[0] * b[1] for b in epoch)
     assert positions(first) < 0.8 * positions(epochs(plain, 1)[0])
     ordered = make_loader(rows, tokenizer, batch_size=100, group_by_length=True)  # for evaluation
     widths = [b["input_ids"].shape[1] for b in ordered]

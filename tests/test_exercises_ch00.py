@@ -1,65 +1,80 @@
-"""The chapter 00 checkers: a stub is 'not attempted', each typical mistake fails with its hint."""
+"""Chapter 00 checkers: a stub is 'not attempted', each typical mistake fails with its hint, the solution passes."""
 import pytest
+from checker_protocol import protocol_tests
 
 from minilora.exercises import ch00
 
 
-def stub(*args, **kwargs):
-    raise NotImplementedError
+# Exercise 0.0 (demo) -------------------------------------------------------------------------------
+def add(a, b):
+    return a + b
 
 
-def linear_ok(d_in, d_out, bias=True):
+ADD_WRONG = {
+    "multiplied": lambda a, b: a * b,
+    "subtracted": lambda a, b: a - b,
+}
+
+
+# Exercise 0.1 --------------------------------------------------------------------------------------
+def linear_param_count(d_in, d_out, bias=True):
     return d_in * d_out + (d_out if bias else 0)
 
 
-def fraction_ok(d, k, r):
+LINEAR_WRONG = {
+    "weight only": lambda d_in, d_out, bias=True: d_in * d_out,
+    "bias per input": lambda d_in, d_out, bias=True: d_in * d_out + d_in,
+    "bias always": lambda d_in, d_out, bias=True: d_in * d_out + d_out,
+    "both plus one": lambda d_in, d_out, bias=True: (d_in + 1) * (d_out + 1),
+    "a string": lambda d_in, d_out, bias=True: "many",
+    "a bool": lambda d_in, d_out, bias=True: True,
+}
+
+
+# Exercise 0.2 --------------------------------------------------------------------------------------
+def lora_fraction(d, k, r):
     return r * (d + k) / (d * k)
 
 
-@pytest.mark.parametrize("check", [ch00.check_demo_add, ch00.check_linear_params, ch00.check_lora_fraction])
-def test_stub_is_not_attempted(check, capsys):
-    assert check(stub) is None
-    assert "not attempted yet" in capsys.readouterr().out
+FRACTION_WRONG = {
+    "the count, not a fraction": lambda d, k, r: r * (d + k),
+    "upside down": lambda d, k, r: d * k / (r * (d + k)),
+    "forgot the rank": lambda d, k, r: (d + k) / (d * k),
+    "integer division": lambda d, k, r: r * (d + k) // (d * k),
+    "r d k / (d + k)": lambda d, k, r: r * d * k / (d + k),
+    "something else": lambda d, k, r: r / d,
+    "raises": lambda d, k, r: 1 / 0,
+}
+
+CASES = [
+    (ch00.check_demo_add, add, ADD_WRONG),
+    (ch00.check_linear_params, linear_param_count, LINEAR_WRONG),
+    (ch00.check_lora_fraction, lora_fraction, FRACTION_WRONG),
+]
 
 
-def test_correct_answers_pass(capsys):
-    assert ch00.check_demo_add(lambda a, b: a + b) is True
-    assert ch00.check_linear_params(linear_ok) is True
-    assert ch00.check_lora_fraction(fraction_ok) is True
-    assert capsys.readouterr().out.count("passed.") == 3
+test_stub_is_not_attempted, test_solution_passes, test_wrong_answer_fails_with_a_hint = \
+    protocol_tests(CASES)
 
 
-@pytest.mark.parametrize("wrong, hint", [
-    (lambda a, b: a * b, "Use + instead of *"),
-    (lambda a, b: a - b, "expected"),
+@pytest.mark.parametrize("wrong,fragment", [
+    (ADD_WRONG["multiplied"], "Use + instead of *"),
+    (ADD_WRONG["subtracted"], "expected"),
+    (LINEAR_WRONG["weight only"], "weight matrix only"),
+    (LINEAR_WRONG["bias per input"], "per *output* feature"),
+    (LINEAR_WRONG["bias always"], "honour the `bias` argument"),
+    (LINEAR_WRONG["both plus one"], "shape (d_out, d_in)"),
+    (LINEAR_WRONG["a string"], "whole number"),
+    (LINEAR_WRONG["a bool"], "whole number"),
+    (FRACTION_WRONG["the count, not a fraction"], "Divide it by d*k"),
+    (FRACTION_WRONG["upside down"], "upside down"),
+    (FRACTION_WRONG["forgot the rank"], "forgot the rank"),
+    (FRACTION_WRONG["integer division"], "integer division"),
+    (FRACTION_WRONG["r d k / (d + k)"], "r(d+k) / (d*k)"),
+    (FRACTION_WRONG["something else"], "expected"),
+    (FRACTION_WRONG["raises"], "ZeroDivisionError"),
 ])
-def test_demo_add_hints(wrong, hint, capsys):
-    assert ch00.check_demo_add(wrong) is False
-    assert hint in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("wrong, hint", [
-    (lambda d_in, d_out, bias=True: d_in * d_out, "weight matrix only"),
-    (lambda d_in, d_out, bias=True: d_in * d_out + d_in, "per *output* feature"),
-    (lambda d_in, d_out, bias=True: d_in * d_out + d_out, "honour the `bias` argument"),
-    (lambda d_in, d_out, bias=True: (d_in + 1) * (d_out + 1), "shape (d_out, d_in)"),
-    (lambda d_in, d_out, bias=True: "many", "whole number"),
-    (lambda d_in, d_out, bias=True: True, "whole number"),
-])
-def test_linear_params_hints(wrong, hint, capsys):
-    assert ch00.check_linear_params(wrong) is False
-    assert hint in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("wrong, hint", [
-    (lambda d, k, r: r * (d + k), "Divide it by d*k"),
-    (lambda d, k, r: d * k / (r * (d + k)), "upside down"),
-    (lambda d, k, r: (d + k) / (d * k), "forgot the rank"),
-    (lambda d, k, r: r * (d + k) // (d * k), "integer division"),
-    (lambda d, k, r: r * d * k / (d + k), "r(d+k) / (d*k)"),
-    (lambda d, k, r: r / d, "expected"),
-    (lambda d, k, r: 1 / 0, "ZeroDivisionError"),
-])
-def test_lora_fraction_hints(wrong, hint, capsys):
-    assert ch00.check_lora_fraction(wrong) is False
-    assert hint in capsys.readouterr().out
+def test_hints_are_specific(wrong, fragment, capsys):
+    check = next(c for c, _, ws in CASES if any(w is wrong for w in ws.values()))
+    assert check(wrong) is False
+    assert fragment in capsys.readouterr().out

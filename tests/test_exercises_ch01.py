@@ -1,17 +1,15 @@
-"""The chapter 01 checkers: a stub is 'not attempted', each typical mistake fails with its hint."""
+"""Chapter 01 checkers: a stub is 'not attempted', each typical mistake fails with its hint, the solution passes."""
 import math
 
 import pytest
 import torch
+from checker_protocol import protocol_tests
 
 from minilora.exercises import ch01
 
 
-def stub(*args, **kwargs):
-    raise NotImplementedError
-
-
-def factors_ok(W, r):
+# Exercise 1.1 --------------------------------------------------------------------------------------
+def low_rank_factors(W, r):
     U, S, Vh = torch.linalg.svd(W, full_matrices=False)
     return U[:, :r] * S[:r], Vh[:r]
 
@@ -21,50 +19,27 @@ def factors_sqrt_split(W, r):  # another correct answer: sqrt(S) in both factors
     return U[:, :r] * S[:r].sqrt(), S[:r].sqrt()[:, None] * Vh[:r]
 
 
-def erank_ok(W):
-    s = torch.linalg.svdvals(W)
-    p = s[s > 0] / s.sum()
-    return torch.exp(-(p * p.log()).sum()).item()
-
-
-def break_even_ok(d, k):
-    return (d * k - 1) // (d + k)
-
-
-@pytest.mark.parametrize("check", [ch01.check_low_rank_factors, ch01.check_entropy_effective_rank,
-                                   ch01.check_break_even_rank])
-def test_stub_is_not_attempted(check, capsys):
-    assert check(stub) is None
-    assert "not attempted yet" in capsys.readouterr().out
-
-
-def test_correct_answers_pass(capsys):
-    assert ch01.check_low_rank_factors(factors_ok) is True
-    assert ch01.check_low_rank_factors(factors_sqrt_split) is True
-    assert ch01.check_entropy_effective_rank(erank_ok) is True
-    assert ch01.check_break_even_rank(break_even_ok) is True
-    assert ch01.check_break_even_rank(lambda d, k: math.ceil(d * k / (d + k)) - 1) is True
-    assert capsys.readouterr().out.count("passed.") == 5
-
-
 def _svd(W):
     return torch.linalg.svd(W, full_matrices=False)
 
 
-@pytest.mark.parametrize("wrong, hint", [
-    (lambda W, r: factors_ok(W, r)[0] @ factors_ok(W, r)[1], "you returned one matrix"),
-    (lambda W, r: factors_ok(W, r)[::-1], "you returned (A, B)"),
-    (lambda W, r: (_svd(W)[0][:, :r], _svd(W)[2][:r]), "dropped the singular values"),
-    (lambda W, r: (_svd(W)[0][:, -r:] * _svd(W)[1][-r:], _svd(W)[2][-r:]), "*smallest*"),
-    (lambda W, r: (_svd(W)[0][:, :r] * _svd(W)[1][:r], _svd(W)[2].T[:r]), "do not transpose it again"),
-    (lambda W, r: (_svd(W)[0][:, :r], _svd(W)[2][:r].T), "B must have shape"),
-    (lambda W, r: (torch.zeros(W.shape[0], r, dtype=W.dtype), torch.zeros(r, W.shape[1], dtype=W.dtype)),
-     "Eckart-Young"),
-    (lambda W, r: [factors_ok(W, r)[0]], "return the pair (B, A)"),
-])
-def test_low_rank_factors_hints(wrong, hint, capsys):
-    assert ch01.check_low_rank_factors(wrong) is False
-    assert hint in capsys.readouterr().out
+FACTORS_WRONG = {
+    "one matrix": lambda W, r: low_rank_factors(W, r)[0] @ low_rank_factors(W, r)[1],
+    "(A, B) order": lambda W, r: low_rank_factors(W, r)[::-1],
+    "no singular values": lambda W, r: (_svd(W)[0][:, :r], _svd(W)[2][:r]),
+    "smallest r": lambda W, r: (_svd(W)[0][:, -r:] * _svd(W)[1][-r:], _svd(W)[2][-r:]),
+    "Vh transposed again": lambda W, r: (_svd(W)[0][:, :r] * _svd(W)[1][:r], _svd(W)[2].T[:r]),
+    "A transposed": lambda W, r: (_svd(W)[0][:, :r], _svd(W)[2][:r].T),
+    "zeros": lambda W, r: (torch.zeros(W.shape[0], r, dtype=W.dtype), torch.zeros(r, W.shape[1], dtype=W.dtype)),
+    "a one-element list": lambda W, r: [low_rank_factors(W, r)[0]],
+}
+
+
+# Exercise 1.2 --------------------------------------------------------------------------------------
+def entropy_effective_rank(W):
+    s = torch.linalg.svdvals(W)
+    p = s[s > 0] / s.sum()
+    return torch.exp(-(p * p.log()).sum()).item()
 
 
 def _p(W, square=False):
@@ -73,29 +48,76 @@ def _p(W, square=False):
     return s / s.sum()
 
 
-@pytest.mark.parametrize("wrong, hint", [
-    (lambda W: -(_p(W) * _p(W).log()).sum().item(), "entropy H itself"),
-    (lambda W: math.exp(-(_p(W, True) * _p(W, True).log()).sum().item()), "squared singular values"),
-    (lambda W: math.exp(-(_p(W) * _p(W).log2()).sum().item()), "mixed logarithm bases"),
-    (lambda W: 2 ** (-(_p(W) * _p(W).log()).sum().item()), "mixed logarithm bases"),
-    (lambda W: torch.exp(-(torch.linalg.svdvals(W) / torch.linalg.svdvals(W).sum() * (
-        torch.linalg.svdvals(W) / torch.linalg.svdvals(W).sum()).log()).sum()).item(), "0 * log(0) = nan"),
-    (lambda W: int(torch.linalg.matrix_rank(W)), "ordinary rank"),
-    (lambda W: torch.linalg.svdvals(W).sum().item(), "p = s / s.sum()"),
-    (lambda W: "five", "return a number"),
-])
-def test_entropy_effective_rank_hints(wrong, hint, capsys):
-    assert ch01.check_entropy_effective_rank(wrong) is False
-    assert hint in capsys.readouterr().out
+ERANK_WRONG = {
+    "the entropy": lambda W: -(_p(W) * _p(W).log()).sum().item(),
+    "squared singular values": lambda W: math.exp(-(_p(W, True) * _p(W, True).log()).sum().item()),
+    "exp of a log2 entropy": lambda W: math.exp(-(_p(W) * _p(W).log2()).sum().item()),
+    "2 ** a natural-log entropy": lambda W: 2 ** (-(_p(W) * _p(W).log()).sum().item()),
+    "zeros kept": lambda W: torch.exp(-(torch.linalg.svdvals(W) / torch.linalg.svdvals(W).sum() * (
+        torch.linalg.svdvals(W) / torch.linalg.svdvals(W).sum()).log()).sum()).item(),
+    "the ordinary rank": lambda W: int(torch.linalg.matrix_rank(W)),
+    "sum of singular values": lambda W: torch.linalg.svdvals(W).sum().item(),
+    "a string": lambda W: "five",
+}
 
 
-@pytest.mark.parametrize("wrong, hint", [
-    (lambda d, k: d * k // (d + k), "exactly as many"),
-    (lambda d, k: d * k / (d + k), "whole number"),
-    (lambda d, k: math.ceil(d * k / (d + k)), "more than"),
-    (lambda d, k: min(d, k) // 2, "still trains fewer"),
-    (lambda d, k: 1, "still trains fewer"),
+# Exercise 1.3 --------------------------------------------------------------------------------------
+def break_even_rank(d, k):
+    return (d * k - 1) // (d + k)
+
+
+BREAK_EVEN_WRONG = {
+    "not strictly below": lambda d, k: d * k // (d + k),
+    "a fraction": lambda d, k: d * k / (d + k),
+    "rounded up": lambda d, k: math.ceil(d * k / (d + k)),
+    "half the smaller side": lambda d, k: min(d, k) // 2,
+    "always 1": lambda d, k: 1,
+}
+
+CASES = [
+    (ch01.check_low_rank_factors, low_rank_factors, FACTORS_WRONG),
+    (ch01.check_entropy_effective_rank, entropy_effective_rank, ERANK_WRONG),
+    (ch01.check_break_even_rank, break_even_rank, BREAK_EVEN_WRONG),
+]
+
+
+test_stub_is_not_attempted, test_solution_passes, test_wrong_answer_fails_with_a_hint = \
+    protocol_tests(CASES, hint_required=True)
+
+
+@pytest.mark.parametrize("check,solution", [
+    (ch01.check_low_rank_factors, factors_sqrt_split),
+    (ch01.check_break_even_rank, lambda d, k: math.ceil(d * k / (d + k)) - 1),
+], ids=["sqrt(S) in both factors", "ceil minus one"])
+def test_other_correct_answers_pass(check, solution, capsys):
+    assert check(solution) is True
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong,fragment", [
+    (FACTORS_WRONG["one matrix"], "you returned one matrix"),
+    (FACTORS_WRONG["(A, B) order"], "you returned (A, B)"),
+    (FACTORS_WRONG["no singular values"], "dropped the singular values"),
+    (FACTORS_WRONG["smallest r"], "*smallest*"),
+    (FACTORS_WRONG["Vh transposed again"], "do not transpose it again"),
+    (FACTORS_WRONG["A transposed"], "B must have shape"),
+    (FACTORS_WRONG["zeros"], "Eckart-Young"),
+    (FACTORS_WRONG["a one-element list"], "return the pair (B, A)"),
+    (ERANK_WRONG["the entropy"], "entropy H itself"),
+    (ERANK_WRONG["squared singular values"], "squared singular values"),
+    (ERANK_WRONG["exp of a log2 entropy"], "mixed logarithm bases"),
+    (ERANK_WRONG["2 ** a natural-log entropy"], "mixed logarithm bases"),
+    (ERANK_WRONG["zeros kept"], "0 * log(0) = nan"),
+    (ERANK_WRONG["the ordinary rank"], "ordinary rank"),
+    (ERANK_WRONG["sum of singular values"], "p = s / s.sum()"),
+    (ERANK_WRONG["a string"], "return a number"),
+    (BREAK_EVEN_WRONG["not strictly below"], "exactly as many"),
+    (BREAK_EVEN_WRONG["a fraction"], "whole number"),
+    (BREAK_EVEN_WRONG["rounded up"], "more than"),
+    (BREAK_EVEN_WRONG["half the smaller side"], "still trains fewer"),
+    (BREAK_EVEN_WRONG["always 1"], "still trains fewer"),
 ])
-def test_break_even_rank_hints(wrong, hint, capsys):
-    assert ch01.check_break_even_rank(wrong) is False
-    assert hint in capsys.readouterr().out
+def test_hints_are_specific(wrong, fragment, capsys):
+    check = next(c for c, _, ws in CASES if any(w is wrong for w in ws.values()))
+    assert check(wrong) is False
+    assert fragment in capsys.readouterr().out

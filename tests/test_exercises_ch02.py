@@ -1,74 +1,108 @@
-"""The chapter 02 checkers: a stub is 'not attempted', each typical mistake fails with its hint."""
+"""Chapter 02 checkers: a stub is 'not attempted', each typical mistake fails with its hint, the solution passes."""
 import math
 
 import pytest
 import torch
+from checker_protocol import protocol_tests
 
 from minilora.exercises import ch02
 
 
-def stub(*args, **kwargs):
-    raise NotImplementedError
+# Exercise 2.1 --------------------------------------------------------------------------------------
+def merge_weights(W0, A, B, alpha, r):
+    return W0 + alpha / r * B @ A
 
 
-@pytest.mark.parametrize("check", [ch02.check_merge_weights, ch02.check_lora_forward, ch02.check_rslora_scaling])
-def test_stub_is_not_attempted(check, capsys):
-    assert check(stub) is None
-    assert "not attempted yet" in capsys.readouterr().out
-
-
-def test_correct_answers_pass(capsys):
-    assert ch02.check_merge_weights(lambda W0, A, B, alpha, r: W0 + alpha / r * B @ A) is True
-    assert ch02.check_merge_weights(lambda W0, A, B, alpha, r: torch.addmm(W0, B, A, alpha=alpha / r)) is True
-    assert ch02.check_lora_forward(lambda x, W0, b, A, B, s: x @ W0.T + b + s * (x @ A.T) @ B.T) is True
-    assert ch02.check_lora_forward(
-        lambda x, W0, b, A, B, s: torch.nn.functional.linear(x, W0 + s * B @ A, b)) is True
-    assert ch02.check_rslora_scaling(lambda alpha, r: alpha / math.sqrt(r)) is True
-    assert ch02.check_rslora_scaling(lambda alpha, r: torch.tensor(alpha / r ** 0.5)) is True
-    assert capsys.readouterr().out.count("passed.") == 6
-
-
-def in_place(W0, A, B, alpha, r):
+def _in_place(W0, A, B, alpha, r):
     W0 += alpha / r * B @ A
     return W0
 
 
-@pytest.mark.parametrize("wrong,hint", [
-    (in_place, "in place"),
-    (lambda W0, A, B, alpha, r: W0 + B @ A, "forgot the scaling"),
-    (lambda W0, A, B, alpha, r: W0 + r / alpha * B @ A, "upside down"),
-    (lambda W0, A, B, alpha, r: W0 + alpha / math.sqrt(r) * B @ A, "rsLoRA"),
-    (lambda W0, A, B, alpha, r: alpha / r * B @ A, "only the update"),
-    (lambda W0, A, B, alpha, r: (W0 + alpha / r * B @ A).T, "shape"),
-    (lambda W0, A, B, alpha, r: W0 - alpha / r * B @ A, "merged weight is wrong"),
-    (lambda W0, A, B, alpha, r: (W0 + alpha / r * B @ A).tolist(), "return a tensor"),
+MERGE_WRONG = {
+    "in place": _in_place,
+    "no scaling": lambda W0, A, B, alpha, r: W0 + B @ A,
+    "r / alpha": lambda W0, A, B, alpha, r: W0 + r / alpha * B @ A,
+    "rsLoRA scaling": lambda W0, A, B, alpha, r: W0 + alpha / math.sqrt(r) * B @ A,
+    "update only": lambda W0, A, B, alpha, r: alpha / r * B @ A,
+    "transposed": lambda W0, A, B, alpha, r: (W0 + alpha / r * B @ A).T,
+    "subtracted": lambda W0, A, B, alpha, r: W0 - alpha / r * B @ A,
+    "a list": lambda W0, A, B, alpha, r: (W0 + alpha / r * B @ A).tolist(),
+}
+
+
+# Exercise 2.2 --------------------------------------------------------------------------------------
+def lora_forward(x, W0, b, A, B, s):
+    return x @ W0.T + b + s * (x @ A.T) @ B.T
+
+
+FORWARD_WRONG = {
+    "base layer only": lambda x, W0, b, A, B, s: x @ W0.T + b,
+    "no bias": lambda x, W0, b, A, B, s: x @ W0.T + s * (x @ A.T) @ B.T,
+    "no scaling": lambda x, W0, b, A, B, s: x @ W0.T + b + (x @ A.T) @ B.T,
+    "flattened": lambda x, W0, b, A, B, s: (x @ W0.T + b + s * (x @ A.T) @ B.T).reshape(-1),
+    "bias subtracted": lambda x, W0, b, A, B, s: x @ W0.T - b + s * (x @ A.T) @ B.T,
+    "input on the right": lambda x, W0, b, A, B, s: W0 @ x + b + s * B @ (A @ x),
+    "crashes": lambda x, W0, b, A, B, s: x @ W0 + b,  # the checker reports the exception
+}
+
+
+# Exercise 2.3 --------------------------------------------------------------------------------------
+def rslora_scaling(alpha, r):
+    return alpha / math.sqrt(r)
+
+
+RSLORA_WRONG = {
+    "plain LoRA": lambda alpha, r: alpha / r,
+    "sqrt of the ratio": lambda alpha, r: math.sqrt(alpha / r),
+    "multiplied": lambda alpha, r: alpha * math.sqrt(r),
+    "r squared": lambda alpha, r: alpha / r ** 2,
+    "a string": lambda alpha, r: str(alpha / math.sqrt(r)),
+}
+
+CASES = [
+    (ch02.check_merge_weights, merge_weights, MERGE_WRONG),
+    (ch02.check_lora_forward, lora_forward, FORWARD_WRONG),
+    (ch02.check_rslora_scaling, rslora_scaling, RSLORA_WRONG),
+]
+
+
+test_stub_is_not_attempted, test_solution_passes, test_wrong_answer_fails_with_a_hint = \
+    protocol_tests(CASES)
+
+
+@pytest.mark.parametrize("check,solution", [
+    (ch02.check_merge_weights, lambda W0, A, B, alpha, r: torch.addmm(W0, B, A, alpha=alpha / r)),
+    (ch02.check_lora_forward, lambda x, W0, b, A, B, s: torch.nn.functional.linear(x, W0 + s * B @ A, b)),
+    (ch02.check_rslora_scaling, lambda alpha, r: torch.tensor(alpha / r ** 0.5)),
+], ids=["torch.addmm", "F.linear on the merged weight", "a tensor"])
+def test_other_correct_answers_pass(check, solution, capsys):
+    assert check(solution) is True
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong,fragment", [
+    (MERGE_WRONG["in place"], "in place"),
+    (MERGE_WRONG["no scaling"], "forgot the scaling"),
+    (MERGE_WRONG["r / alpha"], "upside down"),
+    (MERGE_WRONG["rsLoRA scaling"], "rsLoRA"),
+    (MERGE_WRONG["update only"], "only the update"),
+    (MERGE_WRONG["transposed"], "shape"),
+    (MERGE_WRONG["subtracted"], "merged weight is wrong"),
+    (MERGE_WRONG["a list"], "return a tensor"),
+    (FORWARD_WRONG["base layer only"], "base layer's alone"),
+    (FORWARD_WRONG["no bias"], "forgot the bias"),
+    (FORWARD_WRONG["no scaling"], "multiply the LoRA path by scaling"),
+    (FORWARD_WRONG["flattened"], "shape"),
+    (FORWARD_WRONG["bias subtracted"], "compute h ="),
+    (FORWARD_WRONG["input on the right"], "fails for x of shape (4, 5) (a batch)"),
+    (FORWARD_WRONG["crashes"], "raised"),
+    (RSLORA_WRONG["plain LoRA"], "plain LoRA"),
+    (RSLORA_WRONG["sqrt of the ratio"], "only r goes under"),
+    (RSLORA_WRONG["multiplied"], "do not multiply"),
+    (RSLORA_WRONG["r squared"], "expected"),
+    (RSLORA_WRONG["a string"], "return a number"),
 ])
-def test_merge_weights_wrong_answers(wrong, hint, capsys):
-    assert ch02.check_merge_weights(wrong) is False
-    assert hint in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("wrong,hint", [
-    (lambda x, W0, b, A, B, s: x @ W0.T + b, "base layer's alone"),
-    (lambda x, W0, b, A, B, s: x @ W0.T + s * (x @ A.T) @ B.T, "forgot the bias"),
-    (lambda x, W0, b, A, B, s: x @ W0.T + b + (x @ A.T) @ B.T, "multiply the LoRA path by scaling"),
-    (lambda x, W0, b, A, B, s: (x @ W0.T + b + s * (x @ A.T) @ B.T).reshape(-1), "shape"),
-    (lambda x, W0, b, A, B, s: x @ W0.T - b + s * (x @ A.T) @ B.T, "compute h ="),
-    (lambda x, W0, b, A, B, s: W0 @ x + b + s * B @ (A @ x), "fails for x of shape (4, 5) (a batch)"),
-    (lambda x, W0, b, A, B, s: x @ W0 + b, "raised"),  # crashes: the checker reports it
-])
-def test_lora_forward_wrong_answers(wrong, hint, capsys):
-    assert ch02.check_lora_forward(wrong) is False
-    assert hint in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("wrong,hint", [
-    (lambda alpha, r: alpha / r, "plain LoRA"),
-    (lambda alpha, r: math.sqrt(alpha / r), "only r goes under"),
-    (lambda alpha, r: alpha * math.sqrt(r), "do not multiply"),
-    (lambda alpha, r: alpha / r ** 2, "expected"),
-    (lambda alpha, r: str(alpha / math.sqrt(r)), "return a number"),
-])
-def test_rslora_scaling_wrong_answers(wrong, hint, capsys):
-    assert ch02.check_rslora_scaling(wrong) is False
-    assert hint in capsys.readouterr().out
+def test_hints_are_specific(wrong, fragment, capsys):
+    check = next(c for c, _, ws in CASES if any(w is wrong for w in ws.values()))
+    assert check(wrong) is False
+    assert fragment in capsys.readouterr().out

@@ -1,140 +1,161 @@
-"""The chapter 03 checkers: a stub is 'not attempted', each typical mistake fails with its hint."""
+"""Chapter 03 checkers: a stub is 'not attempted', each typical mistake fails with its hint, the solution passes."""
 import pytest
 import torch
+from checker_protocol import protocol_tests
 from torch import nn
 
 from minilora.exercises import ch03
 from minilora.layers import LoRALinear
 
 
-def stub(*args, **kwargs):
-    raise NotImplementedError
-
-
-def count_ok(model):
+# Exercise 3.1 --------------------------------------------------------------------------------------
+def count_trainable(model):
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def add_lora_ok(model, r, alpha):
+COUNT_WRONG = {
+    "frozen counted too": lambda m: sum(p.numel() for p in m.parameters()),
+    "tensors, not numbers": lambda m: sum(1 for p in m.parameters() if p.requires_grad),
+    "the frozen ones": lambda m: sum(p.numel() for p in m.parameters() if not p.requires_grad),
+    "a float": lambda m: float(count_trainable(m)),
+    "off by one": lambda m: count_trainable(m) + 1,
+}
+
+
+# Exercise 3.2 --------------------------------------------------------------------------------------
+def add_lora_to_mlp(model, r, lora_alpha):
     linears = [i for i, m in enumerate(model) if isinstance(m, nn.Linear)]
     for i in linears[:-1]:
-        model[i] = LoRALinear(model[i], r=r, alpha=alpha)
+        model[i] = LoRALinear(model[i], r=r, lora_alpha=lora_alpha)
     return model
 
 
-@torch.no_grad()
-def accuracy_ok(model, X, y):
-    model.eval()
-    return (model(X).argmax(-1) == y).float().mean().item()
-
-
-@pytest.mark.parametrize("check", [ch03.check_count_trainable, ch03.check_add_lora_to_mlp, ch03.check_accuracy])
-def test_stub_is_not_attempted(check, capsys):
-    assert check(stub) is None
-    assert "not attempted yet" in capsys.readouterr().out
-
-
-def test_correct_answers_pass(capsys):
-    assert ch03.check_count_trainable(count_ok) is True
-    assert ch03.check_count_trainable(lambda m: int(sum(p.numel() * p.requires_grad for p in m.parameters()))) is True
-    assert ch03.check_add_lora_to_mlp(add_lora_ok) is True
-    assert ch03.check_accuracy(accuracy_ok) is True
-    assert ch03.check_accuracy(lambda m, X, y: torch.no_grad()(lambda: (m.eval()(X).argmax(1) == y).double().mean())()
-                               ) is True
-    assert capsys.readouterr().out.count("passed.") == 5
-
-
-@pytest.mark.parametrize("wrong,hint", [
-    (lambda m: sum(p.numel() for p in m.parameters()), "frozen parameters too"),
-    (lambda m: sum(1 for p in m.parameters() if p.requires_grad), "parameter *tensors*"),
-    (lambda m: sum(p.numel() for p in m.parameters() if not p.requires_grad), "you counted the frozen"),
-    (lambda m: float(count_ok(m)), "return an int"),
-    (lambda m: count_ok(m) + 1, "you returned"),
-])
-def test_count_trainable_wrong_answers(wrong, hint, capsys):
-    assert ch03.check_count_trainable(wrong) is False
-    assert hint in capsys.readouterr().out
-
-
-def lora_everywhere(model, r, alpha):
+def _lora_everywhere(model, r, lora_alpha):
     for i, m in enumerate(model):
         if isinstance(m, nn.Linear):
-            model[i] = LoRALinear(m, r=r, alpha=alpha)
+            model[i] = LoRALinear(m, r=r, lora_alpha=lora_alpha)
     return model
 
 
-def lora_first_only(model, r, alpha):
-    model[0] = LoRALinear(model[0], r=r, alpha=alpha)
+def _lora_first_only(model, r, lora_alpha):
+    model[0] = LoRALinear(model[0], r=r, lora_alpha=lora_alpha)
     return model
 
 
-def head_frozen(model, r, alpha):
-    model = add_lora_ok(model, r, alpha)
+def _head_frozen(model, r, lora_alpha):
+    model = add_lora_to_mlp(model, r, lora_alpha)
     model[-1].requires_grad_(False)
     return model
 
 
-def wrong_alpha(model, r, alpha):
-    return add_lora_ok(model, r, r)
+def _wrong_alpha(model, r, lora_alpha):
+    return add_lora_to_mlp(model, r, r)
 
 
-def no_return(model, r, alpha):
-    add_lora_ok(model, r, alpha)
+def _no_return(model, r, lora_alpha):
+    add_lora_to_mlp(model, r, lora_alpha)
 
 
-def a_frozen(model, r, alpha):
-    model = add_lora_ok(model, r, alpha)
+def _a_frozen(model, r, lora_alpha):
+    model = add_lora_to_mlp(model, r, lora_alpha)
     for m in model:
         if isinstance(m, LoRALinear):
             m.lora_A["default"].requires_grad_(False)
     return model
 
 
-def changed_output(model, r, alpha):
-    model = add_lora_ok(model, r, alpha)
+def _changed_output(model, r, lora_alpha):
+    model = add_lora_to_mlp(model, r, lora_alpha)
     with torch.no_grad():
         for m in model:
             if isinstance(m, LoRALinear):
-                m.lora_B["default"].fill_(0.1)
+                m.lora_B["default"].weight.fill_(0.1)  # lora_B[name] is an nn.Linear: B is its weight
     return model
 
 
-def dropped_a_layer(model, r, alpha):
-    return nn.Sequential(*[m for m in add_lora_ok(model, r, alpha)][2:])
+def _dropped_a_layer(model, r, lora_alpha):
+    return nn.Sequential(*[m for m in add_lora_to_mlp(model, r, lora_alpha)][2:])
 
 
-@pytest.mark.parametrize("wrong,hint", [
-    (lora_everywhere, "leave the last layer"),
-    (lora_first_only, "some hidden layer is not wrapped"),
-    (head_frozen, "head must stay trainable"),
-    (wrong_alpha, "use the given rank and alpha"),
-    (no_return, "return the model"),
-    (a_frozen, "expected"),
-    (changed_output, "exactly what it did before"),
-    (dropped_a_layer, "linear layers"),
-])
-def test_add_lora_wrong_answers(wrong, hint, capsys):
-    assert ch03.check_add_lora_to_mlp(wrong) is False
-    assert hint in capsys.readouterr().out
+ADD_LORA_WRONG = {
+    "LoRA on the head too": _lora_everywhere,
+    "first layer only": _lora_first_only,
+    "head frozen": _head_frozen,
+    "alpha = r": _wrong_alpha,
+    "no return": _no_return,
+    "A frozen": _a_frozen,
+    "B not zero": _changed_output,
+    "dropped a layer": _dropped_a_layer,
+}
 
 
-def train_mode(model, X, y):
+# Exercise 3.3 --------------------------------------------------------------------------------------
+@torch.no_grad()
+def accuracy(model, X, y):
+    model.eval()
+    return (model(X).argmax(-1) == y).float().mean().item()
+
+
+def _train_mode(model, X, y):
     with torch.no_grad():
         return (model(X).argmax(-1) == y).float().mean().item()
 
 
-def with_graph(model, X, y):
+def _with_graph(model, X, y):
     model.eval()
     return (model(X).softmax(-1).max(-1).values * 0 + (model(X).argmax(-1) == y)).mean()
 
 
-@pytest.mark.parametrize("wrong,hint", [
-    (train_mode, "model.eval()"),
-    (lambda m, X, y: 100 * accuracy_ok(m, X, y), "not a percentage"),
-    (lambda m, X, y: accuracy_ok(m, X, y) * len(y), "number of correct predictions"),
-    (with_graph, "carries a graph"),
-    (lambda m, X, y: str(accuracy_ok(m, X, y)), "return a float"),
+ACCURACY_WRONG = {
+    "train mode": _train_mode,
+    "a percentage": lambda m, X, y: 100 * accuracy(m, X, y),
+    "a count": lambda m, X, y: accuracy(m, X, y) * len(y),
+    "carries a graph": _with_graph,
+    "a string": lambda m, X, y: str(accuracy(m, X, y)),
+}
+
+CASES = [
+    (ch03.check_count_trainable, count_trainable, COUNT_WRONG),
+    (ch03.check_add_lora_to_mlp, add_lora_to_mlp, ADD_LORA_WRONG),
+    (ch03.check_accuracy, accuracy, ACCURACY_WRONG),
+]
+
+
+test_stub_is_not_attempted, test_solution_passes, test_wrong_answer_fails_with_a_hint = \
+    protocol_tests(CASES, hint_required=True)
+
+
+@pytest.mark.parametrize("check,solution", [
+    (ch03.check_count_trainable, lambda m: int(sum(p.numel() * p.requires_grad for p in m.parameters()))),
+    (ch03.check_accuracy,
+     lambda m, X, y: torch.no_grad()(lambda: (m.eval()(X).argmax(1) == y).double().mean())()),
+], ids=["numel times requires_grad", "a float64 tensor"])
+def test_other_correct_answers_pass(check, solution, capsys):
+    assert check(solution) is True
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong,fragment", [
+    (COUNT_WRONG["frozen counted too"], "frozen parameters too"),
+    (COUNT_WRONG["tensors, not numbers"], "parameter *tensors*"),
+    (COUNT_WRONG["the frozen ones"], "you counted the frozen"),
+    (COUNT_WRONG["a float"], "return an int"),
+    (COUNT_WRONG["off by one"], "you returned"),
+    (ADD_LORA_WRONG["LoRA on the head too"], "leave the last layer"),
+    (ADD_LORA_WRONG["first layer only"], "some hidden layer is not wrapped"),
+    (ADD_LORA_WRONG["head frozen"], "head must stay trainable"),
+    (ADD_LORA_WRONG["alpha = r"], "use the given rank and alpha"),
+    (ADD_LORA_WRONG["no return"], "return the model"),
+    (ADD_LORA_WRONG["A frozen"], "expected"),
+    (ADD_LORA_WRONG["B not zero"], "exactly what it did before"),
+    (ADD_LORA_WRONG["dropped a layer"], "linear layers"),
+    (ACCURACY_WRONG["train mode"], "model.eval()"),
+    (ACCURACY_WRONG["a percentage"], "not a percentage"),
+    (ACCURACY_WRONG["a count"], "number of correct predictions"),
+    (ACCURACY_WRONG["carries a graph"], "carries a graph"),
+    (ACCURACY_WRONG["a string"], "return a float"),
 ])
-def test_accuracy_wrong_answers(wrong, hint, capsys):
-    assert ch03.check_accuracy(wrong) is False
-    assert hint in capsys.readouterr().out
+def test_hints_are_specific(wrong, fragment, capsys):
+    check = next(c for c, _, ws in CASES if any(w is wrong for w in ws.values()))
+    assert check(wrong) is False
+    assert fragment in capsys.readouterr().out

@@ -1,9 +1,8 @@
 """Chapter 04 checkers: a stub is 'not attempted', each typical mistake fails with its hint, the solution passes."""
 import pytest
+from checker_protocol import protocol_tests
 
 from minilora.exercises import ch04
-
-from checker_protocol import protocol_tests
 
 
 # Exercise 4.1 --------------------------------------------------------------------------------------
@@ -56,7 +55,8 @@ def _kv(c):
 
 ALL_LINEAR_WRONG = {
     "one block": lambda c, r: all_linear_count(c, r) // c.num_hidden_layers,
-    "ignores GQA": lambda c, r: c.num_hidden_layers * (8 * r * c.hidden_size + 3 * r * (c.hidden_size + c.intermediate_size)),
+    "ignores GQA": lambda c, r: c.num_hidden_layers * (8 * r * c.hidden_size
+                                                       + 3 * r * (c.hidden_size + c.intermediate_size)),
     "attention only": lambda c, r: c.num_hidden_layers * r * (4 * c.hidden_size + 2 * (c.hidden_size + _kv(c))),
     "mlp only": lambda c, r: c.num_hidden_layers * 3 * r * (c.hidden_size + c.intermediate_size),
     "with lm_head": lambda c, r: all_linear_count(c, r) + r * (c.hidden_size + c.vocab_size),

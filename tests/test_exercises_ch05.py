@@ -1,20 +1,24 @@
 """Chapter 05 checkers: a stub is 'not attempted', each typical mistake fails with its hint, the solution passes."""
+import functools
+
 import pytest
 import torch
+from checker_protocol import protocol_tests
 
 from minilora.data import LABELS
 from minilora.exercises import ch05
 from minilora.models import cached_models
 
 
-def stub(*args):
-    raise NotImplementedError
+def needs_tokenizer(check):
+    """``check``, skipping the test that calls it when the MiniLM tokenizer (which it loads) is not cached."""
+    @functools.wraps(check)
+    def run(answer):
+        if cached_models()["all-MiniLM-L6-v2"] is None:
+            pytest.skip("the MiniLM tokenizer is not cached: run `make assets`")
+        return check(answer)
 
-
-CHECKS = [ch05.check_freeze_all_but_top, ch05.check_training_state_bytes,
-          ch05.check_predict_sentiment, ch05.check_choose_config]
-needs_tokenizer = pytest.mark.skipif(cached_models()["all-MiniLM-L6-v2"] is None,
-                                     reason="the MiniLM tokenizer is not cached: run `make assets`")
+    return run
 
 
 # Exercise 5.1 --------------------------------------------------------------------------------------
@@ -71,15 +75,15 @@ def _no_return(model, k):
 
 
 FREEZE_WRONG = {
-    "[-0:] slice": (_top_slice_bug, "[-0:]"),
-    "first k layers": (_first_k, "the last k"),
-    "one layer too many": (lambda m, k: freeze_all_but_top(m, k + 1), "the last k"),
-    "pooler frozen": (_no_pooler, "pooler"),
-    "head frozen": (_head_frozen, "classifier head is frozen"),
-    "embeddings trainable": (_with_embeddings, "embeddings"),
-    "nothing frozen": (lambda m, k: m, "embeddings"),
-    "re-initialised the head": (_reinit, "only change requires_grad"),
-    "no return": (_no_return, "return the model"),
+    "[-0:] slice": _top_slice_bug,
+    "first k layers": _first_k,
+    "one layer too many": lambda m, k: freeze_all_but_top(m, k + 1),
+    "pooler frozen": _no_pooler,
+    "head frozen": _head_frozen,
+    "embeddings trainable": _with_embeddings,
+    "nothing frozen": lambda m, k: m,
+    "re-initialised the head": _reinit,
+    "no return": _no_return,
 }
 
 
@@ -96,13 +100,13 @@ def _numels(model):
 
 
 STATE_WRONG = {
-    "16 bytes for all": (lambda m: 16 * _numels(m)[0], "frozen parameters have no gradient"),
-    "trainable only": (lambda m: 16 * _numels(m)[1], "frozen weights are still in memory"),
-    "one moment": (lambda m: 4 * _numels(m)[0] + 8 * _numels(m)[1], "*two* moments"),
-    "gradient only": (lambda m: 4 * _numels(m)[0] + 4 * _numels(m)[1], "two moments"),
-    "numbers not bytes": (lambda m: _numels(m)[0] + 3 * _numels(m)[1], "not bytes"),
-    "bf16 weights": (lambda m: 2 * _numels(m)[0] + 12 * _numels(m)[1], "expected"),
-    "a string": (lambda m: str(training_state_bytes(m)), "an int"),
+    "16 bytes for all": lambda m: 16 * _numels(m)[0],
+    "trainable only": lambda m: 16 * _numels(m)[1],
+    "one moment": lambda m: 4 * _numels(m)[0] + 8 * _numels(m)[1],
+    "gradient only": lambda m: 4 * _numels(m)[0] + 4 * _numels(m)[1],
+    "numbers not bytes": lambda m: _numels(m)[0] + 3 * _numels(m)[1],
+    "bf16 weights": lambda m: 2 * _numels(m)[0] + 12 * _numels(m)[1],
+    "a string": lambda m: str(training_state_bytes(m)),
 }
 
 
@@ -137,11 +141,11 @@ def _swapped(model, tokenizer, texts):
 
 
 PREDICT_WRONG = {
-    "train mode": (_train_mode, "model.eval()"),
-    "no attention mask": (_no_mask, "attention_mask"),
-    "indices": (_indices, "label *names*"),
-    "labels swapped": (_swapped, "model.eval()"),
-    "first text only": (lambda m, t, x: predict_sentiment(m, t, x[:1]), "one label per text"),
+    "train mode": _train_mode,
+    "no attention mask": _no_mask,
+    "indices": _indices,
+    "labels swapped": _swapped,
+    "first text only": lambda m, t, x: predict_sentiment(m, t, x[:1]),
 }
 
 
@@ -151,40 +155,53 @@ def choose_config(results):
 
 
 CHOOSE_WRONG = {
-    "by test": (lambda res: max(res, key=lambda n: res[n]["test"]), "*test* accuracy"),
-    "ties to the bigger": (lambda res: max(res, key=lambda n: (res[n]["val"], res[n]["trainable"])), "on a tie"),
-    "fewest parameters": (lambda res: min(res, key=lambda n: res[n]["trainable"]), "expected"),
-    "not a name": (lambda res: max(r["val"] for r in res.values()), "one of the names"),
+    "by test": lambda res: max(res, key=lambda n: res[n]["test"]),
+    "ties to the bigger": lambda res: max(res, key=lambda n: (res[n]["val"], res[n]["trainable"])),
+    "fewest parameters": lambda res: min(res, key=lambda n: res[n]["trainable"]),
+    "not a name": lambda res: max(r["val"] for r in res.values()),
 }
 
+CASES = [
+    (ch05.check_freeze_all_but_top, freeze_all_but_top, FREEZE_WRONG),
+    (ch05.check_training_state_bytes, training_state_bytes, STATE_WRONG),
+    (needs_tokenizer(ch05.check_predict_sentiment), predict_sentiment, PREDICT_WRONG),
+    (ch05.check_choose_config, choose_config, CHOOSE_WRONG),
+]
 
-@pytest.mark.parametrize("check", CHECKS)
-def test_stub_is_not_attempted(check, capsys):
-    if check is ch05.check_predict_sentiment and cached_models()["all-MiniLM-L6-v2"] is None:
-        pytest.skip("the MiniLM tokenizer is not cached: run `make assets`")
-    assert check(stub) is None
-    assert "not attempted yet" in capsys.readouterr().out
+
+test_stub_is_not_attempted, test_solution_passes, test_wrong_answer_fails_with_a_hint = \
+    protocol_tests(CASES, hint_required=True)
 
 
-@pytest.mark.parametrize("check,solution", [
-    (ch05.check_freeze_all_but_top, freeze_all_but_top),
-    (ch05.check_training_state_bytes, training_state_bytes),
-    pytest.param(ch05.check_predict_sentiment, predict_sentiment, marks=needs_tokenizer),
-    (ch05.check_choose_config, choose_config),
+@pytest.mark.parametrize("wrong,fragment", [
+    (FREEZE_WRONG["[-0:] slice"], "[-0:]"),
+    (FREEZE_WRONG["first k layers"], "the last k"),
+    (FREEZE_WRONG["one layer too many"], "the last k"),
+    (FREEZE_WRONG["pooler frozen"], "pooler"),
+    (FREEZE_WRONG["head frozen"], "classifier head is frozen"),
+    (FREEZE_WRONG["embeddings trainable"], "embeddings"),
+    (FREEZE_WRONG["nothing frozen"], "embeddings"),
+    (FREEZE_WRONG["re-initialised the head"], "only change requires_grad"),
+    (FREEZE_WRONG["no return"], "return the model"),
+    (STATE_WRONG["16 bytes for all"], "frozen parameters have no gradient"),
+    (STATE_WRONG["trainable only"], "frozen weights are still in memory"),
+    (STATE_WRONG["one moment"], "*two* moments"),
+    (STATE_WRONG["gradient only"], "two moments"),
+    (STATE_WRONG["numbers not bytes"], "not bytes"),
+    (STATE_WRONG["bf16 weights"], "expected"),
+    (STATE_WRONG["a string"], "an int"),
+    (PREDICT_WRONG["train mode"], "model.eval()"),
+    (PREDICT_WRONG["no attention mask"], "attention_mask"),
+    (PREDICT_WRONG["indices"], "label *names*"),
+    (PREDICT_WRONG["labels swapped"], "model.eval()"),
+    (PREDICT_WRONG["first text only"], "one label per text"),
+    (CHOOSE_WRONG["by test"], "*test* accuracy"),
+    (CHOOSE_WRONG["ties to the bigger"], "on a tie"),
+    (CHOOSE_WRONG["fewest parameters"], "expected"),
+    (CHOOSE_WRONG["not a name"], "one of the names"),
 ])
-def test_solution_passes(check, solution, capsys):
-    assert check(solution) is True
-    assert "passed." in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("check,wrong,hint", (
-    [(ch05.check_freeze_all_but_top, fn, h) for fn, h in FREEZE_WRONG.values()]
-    + [(ch05.check_training_state_bytes, fn, h) for fn, h in STATE_WRONG.values()]
-    + [pytest.param(ch05.check_predict_sentiment, fn, h, marks=needs_tokenizer) for fn, h in PREDICT_WRONG.values()]
-    + [(ch05.check_choose_config, fn, h) for fn, h in CHOOSE_WRONG.values()]
-), ids=[*FREEZE_WRONG, *STATE_WRONG, *PREDICT_WRONG, *CHOOSE_WRONG])
-def test_wrong_answer_fails_with_its_hint(check, wrong, hint, capsys):
+def test_hints_are_specific(wrong, fragment, capsys):
+    check = next(c for c, _, ws in CASES if any(w is wrong for w in ws.values()))
     assert check(wrong) is False
     out = capsys.readouterr().out
-    assert "not yet" in out or "raised" in out
-    assert hint in out, out
+    assert fragment in out, out

@@ -1,22 +1,21 @@
 """Chapter 06 checkers: a stub is 'not attempted', each typical mistake fails with its hint, the solution passes."""
 import pytest
 import torch
+from checker_protocol import protocol_tests
 
 from minilora.exercises import ch06
-
-from checker_protocol import protocol_tests
 
 
 # Exercise 6.1 --------------------------------------------------------------------------------------
 def stacked_delta(layer, names):
-    return sum(layer.scaling[n] * layer.lora_B[n] @ layer.lora_A[n] for n in names)
+    return sum(layer.scaling[n] * layer.lora_B[n].weight @ layer.lora_A[n].weight for n in names)
 
 
 STACKED_WRONG = {
     "transposed": lambda layer, names: stacked_delta(layer, names).T,
-    "no scaling": lambda layer, names: sum(layer.lora_B[n] @ layer.lora_A[n] for n in names),
-    "first scaling only": lambda layer, names: layer.scaling[names[0]] * sum(layer.lora_B[n] @ layer.lora_A[n]
-                                                                             for n in names),
+    "no scaling": lambda layer, names: sum(layer.lora_B[n].weight @ layer.lora_A[n].weight for n in names),
+    "first scaling only": lambda layer, names: layer.scaling[names[0]] * sum(
+        layer.lora_B[n].weight @ layer.lora_A[n].weight for n in names),
     "every adapter": lambda layer, names: stacked_delta(layer, layer.adapters),
     "first name only": lambda layer, names: stacked_delta(layer, names[:1]),
     "a list": lambda layer, names: stacked_delta(layer, names).tolist(),
@@ -76,7 +75,8 @@ def peft_keys(path, is_embedding):
 
 
 KEYS_WRONG = {
-    "with the adapter name": lambda p, e: tuple(k.replace("lora_A", "lora_A.default").replace("lora_B", "lora_B.default")
+    "with the adapter name": lambda p, e: tuple(k.replace("lora_A", "lora_A.default")
+                                                .replace("lora_B", "lora_B.default")
                                                 for k in peft_keys(p, e)),
     "no prefix": lambda p, e: tuple(k.removeprefix("base_model.model.") for k in peft_keys(p, e)),
     "B first": lambda p, e: peft_keys(p, e)[::-1],

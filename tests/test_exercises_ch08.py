@@ -3,10 +3,9 @@ import math
 
 import pytest
 import torch
+from checker_protocol import protocol_tests
 
 from minilora.exercises import ch08
-
-from checker_protocol import protocol_tests
 
 
 # Exercise 8.1 --------------------------------------------------------------------------------------
@@ -95,9 +94,13 @@ def test_hints_are_specific(wrong, fragment, capsys):
 
 def test_cases_agree_with_the_library():
     """The checkers' numbers are minilora's: training_memory, nf4_nbytes and Llama-2's shapes."""
-    from minilora.counting import meta_model
-    from minilora.memory import llama2_config, lora_trainable_count, training_memory, weight_bytes
+    from minilora.config import LoRAConfig
+    from minilora.counting import llama2_config, lora_count, meta_model
+    from minilora.memory import training_memory, weight_bytes
     from minilora.quant import nf4_nbytes, quantize_nf4
+
+    def lora_trainable_count(model, r, targets):
+        return lora_count(model, LoRAConfig(r=r, target_modules=targets))[0]
 
     big = meta_model(llama2_config("70b"))
     base = weight_bytes(big, "nf4-dq")
@@ -107,7 +110,8 @@ def test_cases_agree_with_the_library():
     assert training_memory(big, per_rank * r, "nf4-dq").total <= 48 * 2 ** 30
     assert training_memory(big, per_rank * (r + 1), "nf4-dq").total > 48 * 2 ** 30
     seven = meta_model(llama2_config("7b"))
-    assert ch08._RANK_CASES[3][1:] == (weight_bytes(seven, torch.bfloat16), lora_trainable_count(seven, 1, "all-linear"))
+    assert ch08._RANK_CASES[3][1:] == (weight_bytes(seven, torch.bfloat16),
+                                       lora_trainable_count(seven, 1, "all-linear"))
     for bs, dq in ch08._NF4_CASES:  # the formula is the large-tensor limit of the exact byte count
         n = bs * 256 * 64
         assert 8 * nf4_nbytes(n, bs, dq) / n == pytest.approx(nf4_bits_per_param(bs, dq), abs=1e-4)

@@ -8,15 +8,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minilora.instruct import (CUT, IGNORE_INDEX, ChatCollator, answer_rows, length_grouped_batches, encode_example, end_of_turn_id,
-                               evaluate_exact_match, exact_match, generate, left_pad, load_instructions, load_jsonl,
-                               prompt_text,
-                               token_budgets)
+from minilora.data import length_grouped_batches, load_instructions, load_jsonl
+from minilora.instruct import (
+    CUT,
+    IGNORE_INDEX,
+    ChatCollator,
+    answer_rows,
+    encode_example,
+    end_of_turn_id,
+    evaluate_exact_match,
+    exact_match,
+    generate,
+    left_pad,
+    prompt_text,
+    token_budgets,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data" / "instructions"
 ROWS = [
-    {"skill": "iso_date", "instruction": "Write March 5th, 2021 as an ISO date (YYYY-MM-DD).", "response": "2021-03-05"},
+    {"skill": "iso_date", "instruction": "Write March 5th, 2021 as an ISO date (YYYY-MM-DD).",
+     "response": "2021-03-05"},
     {"skill": "arithmetic", "instruction": "What is 47 + 38? Answer with the number only.", "response": "85"},
     {"skill": "json", "instruction": "Extract name, age and city as JSON: Alice, 31, is from Paris.",
      "response": '{"name": "Alice", "age": 31, "city": "Paris"}'},
@@ -133,7 +145,8 @@ def test_length_grouped_batches_cover_everything_once_with_less_padding():
     assert sorted(len(b) for b in batches)[1:] == [16] * (len(batches) - 1)
     assert batches == length_grouped_batches(lengths, batch_size=16, seed=0, window=4)
     assert batches != length_grouped_batches(lengths, batch_size=16, seed=1, window=4)
-    padded = lambda bs: sum(len(b) * max(lengths[i] for i in b) for b in bs)
+    def padded(bs):
+        return sum(len(b) * max(lengths[i] for i in b) for b in bs)
     order = list(range(200))
     random.Random(0).shuffle(order)
     plain = [order[i:i + 16] for i in range(0, 200, 16)]

@@ -14,32 +14,22 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import minilora as ml
 from minilora.adapters import list_adapters, set_adapter
-from minilora.inject import ModulesToSave
+from minilora.inject import ModulesToSaveWrapper
 from minilora.io import AdapterFileError, load_adapter, save_adapter
-from test_inject import IDS, logits, tiny_bert, tiny_gpt2, tiny_llama
 
-CASES = {  # architecture -> (model, targets, modules_to_save)
-    "bert": (tiny_bert, ["query", "value"], ["classifier"]),
-    "gpt2": (tiny_gpt2, ["c_attn", "c_proj"], None),
-    "llama": (tiny_llama, ["embed_tokens", "q_proj", "v_proj"], None),
+CASES = {  # architecture -> (targets, modules_to_save)
+    "bert": (["query", "value"], ["classifier"]),
+    "gpt2": (["c_attn", "c_proj"], None),
+    "llama": (["embed_tokens", "q_proj", "v_proj"], None),
 }
 
 
-def as_if_trained(model, seed=3):
-    """Give every trainable tensor (A, B, saved modules) a random non-zero value."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.2 * torch.randn(p.shape, generator=g))
-    return model
-
-
-def mine(make, targets, mts, **kw):
-    base = make()
-    model = ml.inject_lora(copy.deepcopy(base), ml.LoRAConfig(r=4, alpha=8, target_modules=targets,
+def mine(tiny, arch, targets, mts, **kw):
+    """(a tiny base model, a copy of it with a minilora adapter as if trained)."""
+    base = tiny.make[arch]()
+    model = ml.inject_lora(copy.deepcopy(base), ml.LoRAConfig(r=4, lora_alpha=8, target_modules=targets,
                                                               modules_to_save=mts, **kw))
-    return base, as_if_trained(model)
+    return base, tiny.as_if_trained(model)
 
 
 def peft_load_quietly(base, directory, caplog):
@@ -53,139 +43,141 @@ def peft_load_quietly(base, directory, caplog):
 
 
 @pytest.mark.parametrize("arch", CASES)
-def test_peft_loads_a_minilora_adapter_with_the_same_outputs(arch, tmp_path, caplog):
-    base, model = mine(*CASES[arch])
+def test_peft_loads_a_minilora_adapter_with_the_same_outputs(arch, tmp_path, caplog, tiny):
+    base, model = mine(tiny, arch, *CASES[arch])
     save_adapter(model, tmp_path)
     pm = peft_load_quietly(base, tmp_path, caplog)
-    torch.testing.assert_close(logits(pm), logits(model), atol=1e-5, rtol=0)
-    assert (logits(model) - logits(base)).abs().max() > 1e-3  # the adapter acts
+    torch.testing.assert_close(tiny.logits(pm), tiny.logits(model), atol=1e-5, rtol=0)
+    assert (tiny.logits(model) - tiny.logits(base)).abs().max() > 1e-3  # the adapter acts
 
 
 @pytest.mark.parametrize("arch", CASES)
-def test_minilora_loads_a_peft_adapter_with_the_same_outputs(arch, tmp_path):
-    make, targets, mts = CASES[arch]
-    base = make()
+def test_minilora_loads_a_peft_adapter_with_the_same_outputs(arch, tmp_path, tiny):
+    targets, mts = CASES[arch]
+    base = tiny.make[arch]()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Conv1D fan_in_fan_out; save_embedding_layers
-        pm = as_if_trained(get_peft_model(copy.deepcopy(base), LoraConfig(
+        pm = tiny.as_if_trained(get_peft_model(copy.deepcopy(base), LoraConfig(
             r=4, lora_alpha=8, target_modules=targets, modules_to_save=mts))).eval()
         pm.save_pretrained(tmp_path)
     model = load_adapter(copy.deepcopy(base), tmp_path)
-    torch.testing.assert_close(logits(model), logits(pm), atol=1e-5, rtol=0)
-    assert (logits(model) - logits(base)).abs().max() > 1e-3
+    torch.testing.assert_close(tiny.logits(model), tiny.logits(pm), atol=1e-5, rtol=0)
+    assert (tiny.logits(model) - tiny.logits(base)).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("arch", CASES)
-def test_file_has_peft_keys_and_config(arch, tmp_path):
-    make, targets, mts = CASES[arch]
-    base, model = mine(make, targets, mts)
+def test_file_has_peft_keys_and_config(arch, tmp_path, tiny):
+    targets, mts = CASES[arch]
+    base, model = mine(tiny, arch, targets, mts)
     save_adapter(model, tmp_path / "mine")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         get_peft_model(copy.deepcopy(base), LoraConfig(r=4, lora_alpha=8, target_modules=targets,
                                                        modules_to_save=mts)).save_pretrained(tmp_path / "peft")
-    ours, theirs = load_file(tmp_path / "mine/adapter_model.safetensors"), load_file(tmp_path / "peft/adapter_model.safetensors")
+    ours = load_file(tmp_path / "mine/adapter_model.safetensors")
+    theirs = load_file(tmp_path / "peft/adapter_model.safetensors")
     # PEFT also stores the whole embedding table when an embedding is adapted; we store the adapter only
     theirs = {k: v for k, v in theirs.items() if not k.endswith("embed_tokens.base_layer.weight")}
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
     assert not any("default" in k for k in ours)
     cfg = json.loads((tmp_path / "mine/adapter_config.json").read_text())
     peft_cfg = json.loads((tmp_path / "peft/adapter_config.json").read_text())
-    for key in ("peft_type", "r", "lora_alpha", "lora_dropout", "bias", "use_rslora", "modules_to_save", "fan_in_fan_out"):
+    for key in ("peft_type", "r", "lora_alpha", "lora_dropout", "bias", "use_rslora", "modules_to_save",
+                "fan_in_fan_out", "init_lora_weights"):
         assert cfg[key] == peft_cfg[key], key
     assert sorted(cfg["target_modules"]) == sorted(peft_cfg["target_modules"])
     assert cfg["task_type"] == {"bert": "SEQ_CLS", "gpt2": "CAUSAL_LM", "llama": "CAUSAL_LM"}[arch]
 
 
-def test_own_round_trip_and_the_file_is_small(tmp_path):
-    base, model = mine(tiny_bert, ["query", "value"], ["classifier"])
+def test_own_round_trip_and_the_file_is_small(tmp_path, tiny):
+    base, model = mine(tiny, "bert", ["query", "value"], ["classifier"])
     save_adapter(model, tmp_path)
     loaded = load_adapter(copy.deepcopy(base), tmp_path)
-    torch.testing.assert_close(logits(loaded), logits(model), atol=1e-6, rtol=0)
-    assert isinstance(loaded.classifier, ModulesToSave)
+    torch.testing.assert_close(tiny.logits(loaded), tiny.logits(model), atol=1e-6, rtol=0)
+    assert isinstance(loaded.classifier, ModulesToSaveWrapper)
     n_adapter = 2 * 2 * 4 * (32 + 32) + 3 * 32 + 3  # 2 layers x (query, value) x r(in + out), and the head
     assert os.path.getsize(tmp_path / "adapter_model.safetensors") < 4 * n_adapter + 2000
     assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors"]  # no temp files
 
 
 @pytest.mark.parametrize("bias", ["lora_only", "all"])
-def test_trained_biases_round_trip_with_peft(bias, tmp_path, caplog):
-    base, model = mine(tiny_bert, ["query", "value"], ["classifier"], bias=bias)
+def test_trained_biases_round_trip_with_peft(bias, tmp_path, caplog, tiny):
+    base, model = mine(tiny, "bert", ["query", "value"], ["classifier"], bias=bias)
     save_adapter(model, tmp_path / "mine")
     pm = peft_load_quietly(base, tmp_path / "mine", caplog)
-    torch.testing.assert_close(logits(pm), logits(model), atol=1e-5, rtol=0)
+    torch.testing.assert_close(tiny.logits(pm), tiny.logits(model), atol=1e-5, rtol=0)
     pm.save_pretrained(tmp_path / "peft")  # and back: PEFT's file (it adds the head's inner copies)
-    torch.testing.assert_close(logits(load_adapter(copy.deepcopy(base), tmp_path / "peft")), logits(model),
+    torch.testing.assert_close(tiny.logits(load_adapter(copy.deepcopy(base), tmp_path / "peft")), tiny.logits(model),
                                atol=1e-5, rtol=0)
 
 
-def test_all_linear_and_rslora_round_trip_with_peft(tmp_path, caplog):
-    base, model = mine(tiny_bert, "all-linear", ["classifier"], use_rslora=True)
+def test_all_linear_and_rslora_round_trip_with_peft(tmp_path, caplog, tiny):
+    base, model = mine(tiny, "bert", "all-linear", ["classifier"], use_rslora=True)
     save_adapter(model, tmp_path)
     pm = peft_load_quietly(base, tmp_path, caplog)
-    torch.testing.assert_close(logits(pm), logits(model), atol=1e-5, rtol=0)
+    torch.testing.assert_close(tiny.logits(pm), tiny.logits(model), atol=1e-5, rtol=0)
 
 
-def test_second_adapter_saved_and_loaded_under_another_name(tmp_path):
-    base, model = mine(tiny_llama, ["q_proj"], None)
-    ml.inject_lora(model, ml.LoRAConfig(r=2, alpha=4, target_modules=["v_proj"]), "b")
+def test_second_adapter_saved_and_loaded_under_another_name(tmp_path, tiny):
+    base, model = mine(tiny, "llama", ["q_proj"], None)
+    ml.inject_lora(model, ml.LoRAConfig(r=2, lora_alpha=4, target_modules=["v_proj"]), "b")
     set_adapter(model, "b")
-    as_if_trained(model, seed=5)
+    tiny.as_if_trained(model, seed=5)
     save_adapter(model, tmp_path, "b")
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
     assert cfg["r"] == 2 and cfg["target_modules"] == ["v_proj"]
     other = load_adapter(copy.deepcopy(base), tmp_path, "x")
     assert list_adapters(other) == ["x"]
-    torch.testing.assert_close(logits(other), logits(model), atol=1e-6, rtol=0)
+    torch.testing.assert_close(tiny.logits(other), tiny.logits(model), atol=1e-6, rtol=0)
 
 
-def test_loaded_second_adapter_is_inactive_until_chosen(tmp_path):
-    base, a = mine(tiny_bert, ["query", "value"], None)
+def test_loaded_second_adapter_is_inactive_until_chosen(tmp_path, tiny):
+    base, a = mine(tiny, "bert", ["query", "value"], None)
     save_adapter(a, tmp_path)
     model = ml.inject_lora(copy.deepcopy(base), ml.LoRAConfig(r=4, target_modules=["query"]), "first")
-    before = logits(model)
+    before = tiny.logits(model)
     load_adapter(model, tmp_path, "second")
-    torch.testing.assert_close(logits(model), before)
+    torch.testing.assert_close(tiny.logits(model), before)
     set_adapter(model, "second")
-    torch.testing.assert_close(logits(model), logits(a), atol=1e-6, rtol=0)
+    torch.testing.assert_close(tiny.logits(model), tiny.logits(a), atol=1e-6, rtol=0)
 
 
-def test_load_into_an_existing_adapter_with_a_resized_head(tmp_path):
+def test_load_into_an_existing_adapter_with_a_resized_head(tmp_path, tiny):
     """The chapter 06 case: an adapter brings a head of another size than the base's."""
-    base = tiny_bert()  # 3 labels
+    base = tiny.bert()  # 3 labels
     cfg = ml.LoRAConfig(r=4, target_modules=["query"], modules_to_save=["classifier"])
     model = ml.inject_lora(copy.deepcopy(base), cfg, "five")
     model.classifier.modules_to_save["five"] = torch.nn.Linear(32, 5)
-    as_if_trained(model)
+    tiny.as_if_trained(model)
     save_adapter(model, tmp_path, "five")
     with pytest.raises(AdapterFileError, match=r"classifier.weight  file \(5, 32\), model \(3, 32\)"):
         load_adapter(copy.deepcopy(base), tmp_path, "five")
     fresh = ml.inject_lora(copy.deepcopy(base), cfg, "five")
     fresh.classifier.modules_to_save["five"] = torch.nn.Linear(32, 5)
     load_adapter(fresh, tmp_path, "five")
-    assert logits(fresh).shape == (2, 5)
-    torch.testing.assert_close(logits(fresh), logits(model), atol=1e-6, rtol=0)
+    assert tiny.logits(fresh).shape == (2, 5)
+    torch.testing.assert_close(tiny.logits(fresh), tiny.logits(model), atol=1e-6, rtol=0)
     with pytest.raises(AdapterFileError, match="alpha: model 16, file 8"):
-        load_adapter(ml.inject_lora(copy.deepcopy(base), ml.LoRAConfig(r=4, alpha=16, target_modules=["query"])),
+        load_adapter(ml.inject_lora(copy.deepcopy(base), ml.LoRAConfig(r=4, lora_alpha=16, target_modules=["query"])),
                      tmp_path, "default")
 
 
 # ----- bad inputs ----------------------------------------------------------------------------------
 @pytest.fixture
-def saved(tmp_path):
-    base, model = mine(tiny_bert, ["query", "value"], ["classifier"])
+def saved(tmp_path, tiny):
+    base, model = mine(tiny, "bert", ["query", "value"], ["classifier"])
     save_adapter(model, tmp_path)
     return base, tmp_path
 
 
-def assert_untouched(model, base):
-    assert not list(ml.lora_layers(model)) and not hasattr(model, "lora_configs")
-    assert not any(isinstance(m, ModulesToSave) for m in model.modules())
+def assert_untouched(model, base, logits):
+    assert not list(ml.lora_layers(model)) and not hasattr(model, "peft_config")
+    assert not any(isinstance(m, ModulesToSaveWrapper) for m in model.modules())
     assert all(p.requires_grad for p in model.parameters())
     torch.testing.assert_close(logits(model), logits(base))
 
 
-def test_wrong_base_model_names_every_mismatch(saved):
+def test_wrong_base_model_names_every_mismatch(saved, tiny):
     _, path = saved
     torch.manual_seed(0)
     other = BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=48, num_hidden_layers=2,
@@ -195,22 +187,24 @@ def test_wrong_base_model_names_every_mismatch(saved):
         load_adapter(other, path)
     msg = str(e.value)
     assert "shape mismatch (9):" in msg  # 2 layers x (query, value) x (A, B), and the head's weight
-    assert "base_model.model.bert.encoder.layer.1.attention.self.value.lora_A.weight  file (4, 32), model (4, 48)" in msg
+    assert ("base_model.model.bert.encoder.layer.1.attention.self.value.lora_A.weight  file (4, 32), "
+            "model (4, 48)") in msg
     assert "base_model.model.classifier.weight  file (3, 32), model (3, 48)" in msg
     assert "different base model" in msg
-    assert_untouched(other.eval(), reference)
+    assert_untouched(other.eval(), reference, tiny.logits)
 
 
-def test_missing_key_is_refused(saved):
+def test_missing_key_is_refused(saved, tiny):
     base, path = saved
     tensors = load_file(path / "adapter_model.safetensors")
     key = "base_model.model.bert.encoder.layer.0.attention.self.query.lora_B.weight"
     del tensors[key]
     save_file(tensors, path / "adapter_model.safetensors")
     model = copy.deepcopy(base)
-    with pytest.raises(AdapterFileError, match=rf"missing from the file \(1\):\n  {key}  \(the model expects shape \(32, 4\)\)"):
+    with pytest.raises(AdapterFileError,
+                       match=rf"missing from the file \(1\):\n  {key}  \(the model expects shape \(32, 4\)\)"):
         load_adapter(model, path)
-    assert_untouched(model, base)
+    assert_untouched(model, base, tiny.logits)
 
 
 def test_unexpected_key_is_refused(saved):
@@ -218,7 +212,8 @@ def test_unexpected_key_is_refused(saved):
     tensors = load_file(path / "adapter_model.safetensors")
     tensors["base_model.model.bert.encoder.layer.0.attention.self.key.lora_A.weight"] = torch.zeros(4, 32)
     save_file(tensors, path / "adapter_model.safetensors")
-    with pytest.raises(AdapterFileError, match=r"unexpected in the file.*\(1\):\n  .*self\.key\.lora_A\.weight  \(shape \(4, 32\)\)"):
+    with pytest.raises(AdapterFileError,
+                       match=r"unexpected in the file.*\(1\):\n  .*self\.key\.lora_A\.weight  \(shape \(4, 32\)\)"):
         load_adapter(copy.deepcopy(base), path)
 
 
@@ -247,7 +242,7 @@ def test_garbage_file_gives_a_clear_error(saved):
     ({"init_lora_weights": "pissa"}, "changes the base weights"),
     ({"r": "four"}, "not a valid LoRA config"),
 ])
-def test_bad_config_is_refused(saved, change, fragment):
+def test_bad_config_is_refused(saved, change, fragment, tiny):
     base, path = saved
     cfg = json.loads((path / "adapter_config.json").read_text())
     cfg.update(change)
@@ -255,7 +250,7 @@ def test_bad_config_is_refused(saved, change, fragment):
     model = copy.deepcopy(base)
     with pytest.raises(AdapterFileError, match=fragment.replace("(", r"\(").replace("[", r"\[")):
         load_adapter(model, path)
-    assert_untouched(model, base)
+    assert_untouched(model, base, tiny.logits)
 
 
 def test_broken_json_and_missing_files(saved, tmp_path_factory):
@@ -272,9 +267,9 @@ def test_broken_json_and_missing_files(saved, tmp_path_factory):
         load_adapter(copy.deepcopy(base), empty)
 
 
-def test_adapter_for_another_architecture_is_refused(saved):
+def test_adapter_for_another_architecture_is_refused(saved, tiny):
     _, path = saved
-    model = tiny_llama()
+    model = tiny.llama()
     with pytest.raises(AdapterFileError, match="does not fit this model.*matched nothing"):
         load_adapter(model, path)
     assert not list(ml.lora_layers(model))
@@ -290,11 +285,11 @@ def test_loading_never_unpickles(saved, monkeypatch):
     load_adapter(copy.deepcopy(base), path)
 
 
-def test_an_interrupted_save_leaves_the_old_adapter_whole(saved, monkeypatch):
+def test_an_interrupted_save_leaves_the_old_adapter_whole(saved, monkeypatch, tiny):
     base, path = saved
     before = {f: (path / f).read_bytes() for f in os.listdir(path)}
-    _, other = mine(tiny_bert, ["query", "value"], ["classifier"])
-    as_if_trained(other, seed=9)
+    _, other = mine(tiny, "bert", ["query", "value"], ["classifier"])
+    tiny.as_if_trained(other, seed=9)
 
     def interrupted(src, dst):
         raise KeyboardInterrupt
@@ -306,9 +301,9 @@ def test_an_interrupted_save_leaves_the_old_adapter_whole(saved, monkeypatch):
     load_adapter(copy.deepcopy(base), path)
 
 
-def test_save_refuses_unknown_adapters(tmp_path):
-    _, model = mine(tiny_bert, ["query"], None)
+def test_save_refuses_unknown_adapters(tmp_path, tiny):
+    _, model = mine(tiny, "bert", ["query"], None)
     with pytest.raises(ValueError, match=r"no adapter named 'other'; it has \['default'\]"):
         save_adapter(model, tmp_path, "other")
     with pytest.raises(ValueError, match="inject_lora"):
-        save_adapter(tiny_bert(), tmp_path)
+        save_adapter(tiny.bert(), tmp_path)

@@ -1,14 +1,13 @@
-"""Training-memory arithmetic (minilora.memory): exact counts for Llama-2, NF4 sizes, measured RSS."""
+"""Training-memory arithmetic (minilora.memory): exact counts for Llama-2, NF4 sizes, computed against measured."""
 import pytest
 import torch
-from torch import nn
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
 
+from minilora.config import LoRAConfig
+from minilora.counting import count_parameters, llama2_config, lora_count, model_nbytes
 from minilora.layers import LoRALinear
-from minilora.memory import (ActivationEstimate, PeakRSS, activation_memory_estimate, llama2_config,
-                             lora_trainable_count, measure_peak_rss, memory_table, model_nbytes,
-                             parameter_count, training_memory, weight_bytes)
-from minilora.quant import quantize_model_nf4
+from minilora.memory import ActivationEstimate, activation_memory_estimate, memory_table, training_memory, weight_bytes
+from minilora.qlora import quantize_model_nf4
 
 SEVEN = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 P7, P70 = 6_738_415_616, 68_976_648_192
@@ -25,13 +24,13 @@ def cfg70():
 
 
 def test_llama2_parameter_counts(cfg7, cfg70):
-    assert parameter_count(cfg7) == P7
-    assert parameter_count(cfg70) == P70
-    assert parameter_count(llama2_config("13b")) == 13_015_864_320
+    assert count_parameters(cfg7) == P7
+    assert count_parameters(cfg70) == P70
+    assert count_parameters(llama2_config("13b")) == 13_015_864_320
     with pytest.raises(ValueError):
         llama2_config("8b")
     with pytest.raises(TypeError):
-        parameter_count("llama")
+        count_parameters("llama")
 
 
 def test_full_finetune_is_16_bytes_per_parameter(cfg7):
@@ -46,47 +45,32 @@ def test_full_finetune_is_16_bytes_per_parameter(cfg7):
     assert sgd.total == 8 * P7 and sgd.optimizer == 0
 
 
+def lora_trainable(model_or_config, r, targets):
+    return lora_count(model_or_config, LoRAConfig(r=r, target_modules=targets))[0]
+
+
 def test_lora_trainable_counts(cfg7, cfg70):
-    assert lora_trainable_count(cfg7, 8, ["q_proj", "v_proj"]) == 4_194_304
-    assert [lora_trainable_count(cfg70, r, SEVEN) for r in (8, 16, 64)] == [103_546_880, 207_093_760, 828_375_040]
-    assert lora_trainable_count(cfg70, 8, "all-linear") == 103_546_880
-    assert lora_trainable_count(cfg70, 8, r".*\.(q|v)_proj") == 80 * 8 * (8192 + 8192 + 8192 + 1024)
+    assert lora_trainable(cfg7, 8, ["q_proj", "v_proj"]) == 4_194_304
+    assert [lora_trainable(cfg70, r, SEVEN) for r in (8, 16, 64)] == [103_546_880, 207_093_760, 828_375_040]
+    assert lora_trainable(cfg70, 8, "all-linear") == 103_546_880
+    assert lora_trainable(cfg70, 8, r".*\.(q|v)_proj") == 80 * 8 * (8192 + 8192 + 8192 + 1024)
     with pytest.raises(ValueError, match="q_proj, k_proj"):
-        lora_trainable_count(cfg7, 8, ["query"])
+        lora_trainable(cfg7, 8, ["query"])
     with pytest.raises(ValueError):
-        lora_trainable_count(cfg7, 0, ["q_proj"])
-
-
-def test_lora_count_agrees_with_inject():
-    from minilora.config import LoRAConfig
-    from minilora.counting import lora_count
-
-    cfg = llama2_config("7b")
-    for r, targets in ((8, ["q_proj", "v_proj"]), (16, SEVEN), (4, "all-linear")):
-        assert lora_trainable_count(cfg, r, targets) == lora_count(cfg, LoRAConfig(r=r, target_modules=targets))[0]
-    bert = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=50)
-    from transformers import BertForSequenceClassification
-    with torch.device("meta"):
-        clf = BertForSequenceClassification(bert)
-    for targets in (["query", "value"], "all-linear", ["dense"]):  # all-linear leaves the classifier out
-        assert lora_trainable_count(clf, 4, targets) == lora_count(clf, LoRAConfig(r=4, target_modules=targets))[0]
+        lora_trainable(cfg7, 0, ["q_proj"])
 
 
 def test_lora_config_as_trainable(cfg7):
-    from minilora.config import LoRAConfig
-
-    t = lora_trainable_count(cfg7, 16, SEVEN)
+    t = lora_trainable(cfg7, 16, SEVEN)
     assert training_memory(cfg7, LoRAConfig(r=16, target_modules=SEVEN)).total == 2 * P7 + 16 * t
     assert training_memory(cfg7, LoRAConfig(r=8)).n_trainable == 4_194_304  # Llama default: q_proj, v_proj
     cfg, model = _tiny_llama()
-    quantize_model_nf4(model)
-    with pytest.raises(ValueError, match="lora_trainable_count"):
-        training_memory(model, LoRAConfig(r=8))
-    assert lora_trainable_count(model, 2, ["q_proj"]) == 2 * 2 * (40 + 40)  # NF4 layers still count
+    quantize_model_nf4(model)  # QLoRA's order: an NF4 base, then the adapter; NF4 layers count like any linear
+    assert training_memory(model, LoRAConfig(r=2, target_modules=["q_proj"]), "nf4-dq").n_trainable == 2 * 2 * (40 + 40)
 
 
 def test_lora_memory_16_bytes_per_trainable(cfg7):
-    t = lora_trainable_count(cfg7, 16, SEVEN)
+    t = lora_trainable(cfg7, 16, SEVEN)
     m = training_memory(cfg7, t, torch.bfloat16)
     assert m.n_trainable == t and m.n_params == P7
     assert (m.weights, m.gradients, m.optimizer, m.master) == (2 * P7 + 4 * t, 4 * t, 8 * t, 0)
@@ -103,7 +87,7 @@ def test_nf4_weight_bytes_llama7b(cfg7):
     dq = 32 * sum(k * (b + 4 * -(-b // 256) + 4) for k, b in ((4, blocks[4096 * 4096]), (3, blocks[4096 * 11008])))
     assert weight_bytes(cfg7, "nf4-dq") == linear // 2 + dq + 2 * other == 3_865_592_704
     assert 8 * (weight_bytes(cfg7, "nf4-dq") - 2 * other) / linear == pytest.approx(4.127, abs=1e-3)
-    t = lora_trainable_count(cfg7, 8, SEVEN)
+    t = lora_trainable(cfg7, 8, SEVEN)
     q = training_memory(cfg7, t, "nf4-dq")
     assert q.total == 3_865_592_704 + 16 * t
     with pytest.raises(ValueError, match="adapter"):
@@ -131,7 +115,7 @@ def _param_bytes(model):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_measured_weights_equal_computed(dtype):
     cfg, model = _tiny_llama(dtype)
-    assert parameter_count(model) == parameter_count(cfg) == sum(p.numel() for p in model.parameters())
+    assert count_parameters(model) == count_parameters(cfg) == sum(p.numel() for p in model.parameters())
     assert _param_bytes(model) == weight_bytes(cfg, dtype) == training_memory(model, "all", dtype).weights
     assert model_nbytes(model) == _param_bytes(model) + sum(b.numel() * b.element_size() for b in model.buffers())
 
@@ -141,7 +125,7 @@ def test_measured_nf4_equals_computed():
     extra = sum(b.numel() * b.element_size() for b in model.buffers())  # rotary tables: not weights
     quantize_model_nf4(model, double_quant=True)
     assert model_nbytes(model) - extra == weight_bytes(cfg, "nf4-dq")
-    assert parameter_count(model) == parameter_count(cfg)
+    assert count_parameters(model) == count_parameters(cfg)
     cfg2, model2 = _tiny_llama(torch.bfloat16)
     quantize_model_nf4(model2, double_quant=False)
     assert model_nbytes(model2) - extra == weight_bytes(cfg2, "nf4")
@@ -150,24 +134,26 @@ def test_measured_nf4_equals_computed():
 def test_lora_model_counts():
     cfg, model = _tiny_llama()
     for layer in model.model.layers:
-        layer.mlp.up_proj = LoRALinear(layer.mlp.up_proj, r=3, alpha=3)
+        layer.mlp.up_proj = LoRALinear(layer.mlp.up_proj, r=3, lora_alpha=3)
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-    assert lora_trainable_count(model, 3, ["up_proj"]) == lora == 2 * 3 * (40 + 72)
-    assert parameter_count(model) == parameter_count(cfg)  # the adapter is not the base
+    assert lora_trainable(cfg, 3, ["up_proj"]) == lora == 2 * 3 * (40 + 72)
+    with pytest.raises(ValueError, match="already has LoRA layers; count on the base model"):
+        lora_trainable(model, 3, ["up_proj"])
+    assert count_parameters(model) == count_parameters(cfg) + lora  # every parameter, as PEFT counts
     m = training_memory(model, lora, torch.float32)
-    assert m.weights == _param_bytes(model) and m.total == 4 * parameter_count(cfg) + 16 * lora
+    assert m.weights == _param_bytes(model) and m.total == 4 * count_parameters(cfg) + 16 * lora
 
 
 def test_encoder_config():
     cfg = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                      vocab_size=50, architectures=["BertModel"])  # as a pretrained encoder's config.json says
     torch.manual_seed(0)
-    assert parameter_count(cfg) == sum(p.numel() for p in BertModel(cfg).parameters())
+    assert count_parameters(cfg) == sum(p.numel() for p in BertModel(cfg).parameters())
 
 
 def test_str_and_table(cfg7):
     full = training_memory(cfg7, "all", label="full FT")
-    lora = training_memory(cfg7, lora_trainable_count(cfg7, 8, SEVEN), label="LoRA r=8")
+    lora = training_memory(cfg7, lora_trainable(cfg7, 8, SEVEN), label="LoRA r=8")
     text = str(full)
     assert "full FT" in text and "107.81 GB" in text and "53.91 GB" in text and "activations not included" in text
     table = memory_table([full, lora])
@@ -193,34 +179,3 @@ def test_activation_estimate(cfg7):
         activation_memory_estimate(cfg7, 0, s)
     with pytest.raises(ValueError):
         activation_memory_estimate(object(), 1, s)
-
-
-def test_measure_peak_rss_side_by_side():
-    deltas = []
-    for _ in range(2):  # one block after the other, as in a notebook comparing two runs
-        with measure_peak_rss() as m:
-            x = torch.ones(50_000_000)  # 200 MB, touched
-            del x
-        assert isinstance(m, PeakRSS) and m.samples >= 1
-        deltas.append(m.delta)
-    assert all(d >= 180e6 for d in deltas), deltas
-    with measure_peak_rss() as idle:
-        nn.Linear(10, 10)
-    assert idle.delta < 100e6
-    assert "MB" in str(idle)
-
-
-def test_measure_peak_rss_fallbacks(monkeypatch):
-    import minilora.memory as mem
-
-    real_exists = mem.os.path.exists
-    monkeypatch.setattr(mem.os.path, "exists", lambda p: False if p == "/proc/self/statm" else real_exists(p))
-    pytest.importorskip("psutil")
-    with measure_peak_rss() as m:
-        x = torch.ones(50_000_000)
-    assert m.method == "psutil" and m.delta >= 180e6
-    del x
-    monkeypatch.setattr(mem, "_rss_reader", lambda: (None, None, "ru_maxrss"))
-    with measure_peak_rss() as m:
-        pass
-    assert m.method == "ru_maxrss" and "lower bound" in m.note and m.delta >= 0 and "lower bound" in str(m)

@@ -1,5 +1,4 @@
 """The set-up files agree with each other, so neither install route can drift."""
-import json
 import pathlib
 import re
 
@@ -49,15 +48,3 @@ def test_env_check_expects_the_pinned_versions():
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / "README.md").read_text()
     assert re.search(r"^make test$", (ROOT / ".ci" / "run").read_text(), re.M)
-
-
-def test_notebooks_have_fresh_ordered_outputs():
-    for nb in sorted((ROOT / "notebooks").rglob("*.ipynb")):
-        if ".ipynb_checkpoints" in nb.parts:
-            continue
-        code = [c for c in json.loads(nb.read_text())["cells"]
-                if c["cell_type"] == "code" and "".join(c["source"]).strip()]
-        counts = [c["execution_count"] for c in code]
-        assert counts == list(range(1, len(code) + 1)), f"{nb.name}: execute it top to bottom before committing"
-        for c in code:
-            assert not "".join(c["source"]).rstrip().endswith(";"), f"{nb.name}: a cell ends with ';'"

@@ -80,7 +80,7 @@ def test_grad_accumulation_equals_big_batch():
 def test_only_trainable_parameters_change(digits):
     Xtr, ytr, _, _ = digits
     model = mlp()
-    model[0] = LoRALinear(model[0], r=4, alpha=4)
+    model[0] = LoRALinear(model[0], r=4, lora_alpha=4)
     for p in model[2].parameters():
         p.requires_grad_(False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -88,7 +88,7 @@ def test_only_trainable_parameters_change(digits):
     assert h.n_trainable == 4 * (64 + 32)
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
-    assert changed == {"0.lora_A.default", "0.lora_B.default"}
+    assert changed == {"0.lora_A.default.weight", "0.lora_B.default.weight"}
 
 
 def test_gradient_clipping_bounds_the_step():

@@ -181,7 +181,8 @@ def main() -> int:
     splits = build()
     if args.check:
         bad = [s for s, rows in splits.items()
-               if not (OUT / f"{s}.jsonl").exists() or (OUT / f"{s}.jsonl").read_text(encoding="utf-8") != to_jsonl(rows)]
+               if not (OUT / f"{s}.jsonl").exists()
+               or (OUT / f"{s}.jsonl").read_text(encoding="utf-8") != to_jsonl(rows)]
         print("up to date" if not bad else f"differs from a fresh build: {bad}")
         return 1 if bad else 0
     for split, rows in splits.items():

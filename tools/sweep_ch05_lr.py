@@ -31,7 +31,7 @@ def probe(model):
 
 
 def lora(targets):
-    return lambda model: inject_lora(model, LoRAConfig(r=8, alpha=16, target_modules=targets,
+    return lambda model: inject_lora(model, LoRAConfig(r=8, lora_alpha=16, target_modules=targets,
                                                        modules_to_save=["classifier"]))
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
+__all__ = ["Hint", "checker"]
+
 
 class Hint(AssertionError):
     """Raised inside a check to say what is wrong and how to fix it."""

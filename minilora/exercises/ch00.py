@@ -15,6 +15,8 @@ from torch import nn
 
 from ._core import Hint, checker
 
+__all__ = ["check_demo_add", "check_linear_params", "check_lora_fraction"]
+
 
 def _is_number(x: object) -> bool:
     try:

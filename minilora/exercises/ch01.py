@@ -18,6 +18,8 @@ import torch
 
 from ._core import Hint, checker
 
+__all__ = ["check_low_rank_factors", "check_entropy_effective_rank", "check_break_even_rank"]
+
 
 def _matrices() -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(1)
@@ -36,7 +38,7 @@ def check_low_rank_factors(low_rank_factors: Callable[[torch.Tensor, int], tuple
         out, (d, k) = low_rank_factors(W.clone(), r), W.shape
         if isinstance(out, torch.Tensor):
             raise Hint("you returned one matrix. LoRA stores the update as two factors: return the pair "
-                       f"(B, A) with B of shape (out, r) and A of shape (r, in), so that B @ A approximates W.")
+                       "(B, A) with B of shape (out, r) and A of shape (r, in), so that B @ A approximates W.")
         if not isinstance(out, (tuple, list)) or len(out) != 2:
             raise Hint(f"return the pair (B, A), got {type(out).__name__}.")
         B, A = (torch.as_tensor(t).to(torch.float64) for t in out)

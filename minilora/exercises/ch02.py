@@ -15,6 +15,8 @@ import torch
 
 from ._core import Hint, checker
 
+__all__ = ["check_merge_weights", "check_lora_forward", "check_rslora_scaling"]
+
 
 def _factors(d_out: int = 6, d_in: int = 5, r: int = 2, seed: int = 0):
     g = torch.Generator().manual_seed(seed)

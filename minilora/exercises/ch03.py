@@ -2,8 +2,8 @@ r"""Exercises of chapter 03 (Your first LoRA fine-tune).
 
 * 3.1 ``count_trainable(model) -> int``: the number of numbers the optimiser will change, i.e. the
   total ``numel`` of the parameters with ``requires_grad``.
-* 3.2 ``add_lora_to_mlp(model, r, alpha) -> model``: in an ``nn.Sequential`` MLP, wrap every
-  ``nn.Linear`` except the last one in ``LoRALinear(layer, r, alpha)``; the last layer (the head)
+* 3.2 ``add_lora_to_mlp(model, r, lora_alpha) -> model``: in an ``nn.Sequential`` MLP, wrap every
+  ``nn.Linear`` except the last one in ``LoRALinear(layer, r, lora_alpha)``; the last layer (the head)
   stays a plain, fully trainable ``nn.Linear``. Trainable count: :math:`\sum_\ell r(d_\ell + k_\ell)`
   plus the head.
 * 3.3 ``accuracy(model, X, y) -> float``: the fraction of ``argmax(model(X)) == y``, computed in
@@ -18,6 +18,8 @@ from torch import nn
 
 from ..layers import LoRALinear
 from ._core import Hint, checker
+
+__all__ = ["check_count_trainable", "check_add_lora_to_mlp", "check_accuracy"]
 
 
 def _mlp(sizes: list[int], seed: int = 0, dropout: float = 0.0) -> nn.Sequential:
@@ -36,7 +38,7 @@ def _models() -> list[tuple[nn.Module, int]]:
     head = _mlp([8, 6, 3]).requires_grad_(False)
     head[2].requires_grad_(True)
     lora = _mlp([8, 6, 3])
-    lora[0] = LoRALinear(lora[0], r=2, alpha=2)
+    lora[0] = LoRALinear(lora[0], r=2, lora_alpha=2)
     nobias = nn.Sequential(nn.Linear(5, 4, bias=False), nn.Linear(4, 2))
     nobias[1].bias.requires_grad_(False)
     return [(full, 8 * 6 + 6 + 6 * 3 + 3), (head, 6 * 3 + 3), (lora, 2 * (8 + 6) + 6 * 3 + 3), (nobias, 5 * 4 + 4 * 2)]
@@ -66,12 +68,12 @@ def check_count_trainable(count_trainable: Callable[[nn.Module], int]) -> None:
 
 @checker("Exercise 3.2: add LoRA to an MLP")
 def check_add_lora_to_mlp(add_lora_to_mlp: Callable[[nn.Sequential, int, float], nn.Module]) -> None:
-    """``add_lora_to_mlp(model, r, alpha)``: LoRA on every Linear but the last, the head fully trainable."""
-    for sizes, r, alpha in [([64, 32, 32, 10], 4, 8), ([10, 7, 3], 2, 2), ([12, 9, 8, 7, 5], 3, 6)]:
+    """``add_lora_to_mlp(model, r, lora_alpha)``: LoRA on every Linear but the last, the head fully trainable."""
+    for sizes, r, lora_alpha in [([64, 32, 32, 10], 4, 8), ([10, 7, 3], 2, 2), ([12, 9, 8, 7, 5], 3, 6)]:
         model = _mlp(sizes)
         x = torch.randn(4, sizes[0], generator=torch.Generator().manual_seed(1))
         ref = model(x).detach()
-        out = add_lora_to_mlp(model, r, alpha)
+        out = add_lora_to_mlp(model, r, lora_alpha)
         if out is None:
             raise Hint("return the model (the one you changed) at the end of the function.")
         linears = [m for m in out if isinstance(m, (nn.Linear, LoRALinear))]
@@ -84,8 +86,8 @@ def check_add_lora_to_mlp(add_lora_to_mlp: Callable[[nn.Sequential, int, float],
                        "so it is trained fully (PEFT calls it a module to save).")
         if not all(isinstance(m, LoRALinear) for m in hidden):
             raise Hint("wrap every nn.Linear except the last one in LoRALinear; some hidden layer is not wrapped.")
-        if any(m.r["default"] != r or m.lora_alpha["default"] != alpha for m in hidden):
-            raise Hint(f"use the given rank and alpha: LoRALinear(layer, r={r}, alpha={alpha}).")
+        if any(m.r["default"] != r or m.lora_alpha["default"] != lora_alpha for m in hidden):
+            raise Hint(f"use the given rank and alpha: LoRALinear(layer, r={r}, lora_alpha={lora_alpha}).")
         if not all(p.requires_grad for p in head.parameters()):
             raise Hint("the head must stay trainable: do not freeze the last layer.")
         want = sum(r * (m.in_features + m.out_features) for m in hidden) + sum(p.numel() for p in head.parameters())

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import re
 
+from transformers import LlamaConfig
+
+from ..config import LoRAConfig
+from ..counting import lora_count, meta_model
+from ..inject import resolve_targets
 from ._core import Hint, checker
 
 # Weight shapes (d_out, d_in): MiniLM's q and v, one SmolLM2 block, one Llama-2-70B block.
@@ -51,10 +56,6 @@ def check_lora_params(fn) -> None:
 
 
 def _tiny_llama(num_layers: int):
-    from transformers import LlamaConfig
-
-    from ..counting import meta_model
-
     return meta_model(LlamaConfig(hidden_size=8, intermediate_size=16, num_hidden_layers=num_layers,
                                   num_attention_heads=2, num_key_value_heads=1, vocab_size=10))
 
@@ -62,9 +63,6 @@ def _tiny_llama(num_layers: int):
 @checker("Exercise 4.2: a regex for the last layers' q_proj")
 def check_last_q_proj_regex(fn) -> None:
     """``fn(num_layers, last)`` must return a regex selecting ``q_proj`` in the last ``last`` layers only."""
-    from ..config import LoRAConfig
-    from ..inject import resolve_targets
-
     for num_layers, last in [(6, 2), (30, 10), (30, 1), (12, 12), (100, 3)]:
         pattern = fn(num_layers, last)
         if not isinstance(pattern, str):
@@ -99,8 +97,6 @@ def check_last_q_proj_regex(fn) -> None:
 
 def smollm2_config():
     """SmolLM2-135M's published hyper-parameters as a ``LlamaConfig`` (no download needed)."""
-    from transformers import LlamaConfig
-
     return LlamaConfig(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
                        num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True)
 
@@ -108,11 +104,6 @@ def smollm2_config():
 @checker("Exercise 4.3: the all-linear count from a Llama config")
 def check_all_linear_count(fn) -> None:
     """``fn(config, r)`` must equal ``lora_count`` with ``target_modules='all-linear'``."""
-    from transformers import LlamaConfig
-
-    from ..config import LoRAConfig
-    from ..counting import lora_count
-
     cases = [(smollm2_config(), 4),
              (LlamaConfig(hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=8,
                           num_key_value_heads=2, vocab_size=100), 2)]

@@ -18,9 +18,11 @@ from typing import Callable
 
 import torch
 from torch import nn
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from ..config import LoRAConfig
 from ..inject import inject_lora
+from ..models import ENCODER_DIR, model_path
 from ._core import Hint, checker
 
 LABELS = ("negative", "positive")
@@ -28,8 +30,6 @@ LABELS = ("negative", "positive")
 
 def _tiny_bert(num_labels: int = 2, seed: int = 0, vocab_size: int = 100, num_layers: int = 2) -> nn.Module:
     """A small random-weight BERT classifier (hidden 32), built from a config: no download."""
-    from transformers import BertConfig, BertForSequenceClassification
-
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=num_layers,
                      num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
@@ -81,7 +81,7 @@ def _state_models() -> list[tuple[nn.Module, int, int]]:
     full = _tiny_bert()
     probe = _tiny_bert().requires_grad_(False)
     probe.classifier.requires_grad_(True)
-    lora = inject_lora(_tiny_bert(), LoRAConfig(r=2, alpha=4, target_modules=["query", "value"],
+    lora = inject_lora(_tiny_bert(), LoRAConfig(r=2, lora_alpha=4, target_modules=["query", "value"],
                                                 modules_to_save=["classifier"]))
     out = []
     for m in (full, probe, lora):
@@ -119,10 +119,6 @@ def check_training_state_bytes(training_state_bytes: Callable[[nn.Module], int])
 
 
 def _tokenizer():
-    from transformers import AutoTokenizer
-
-    from ..models import ENCODER_DIR, model_path
-
     return AutoTokenizer.from_pretrained(model_path(ENCODER_DIR))
 
 

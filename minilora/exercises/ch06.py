@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..layers import LoRALinear
 from ._core import Hint, checker
 
 
@@ -24,15 +25,14 @@ def _tensor(x, what: str) -> torch.Tensor:
 
 
 def _three_adapter_layer():
-    from ..layers import LoRALinear
-
     g = torch.Generator().manual_seed(6)
-    layer = LoRALinear(nn.Linear(7, 5), r=2, alpha=4, adapter_name="a")
-    layer.add_adapter("b", r=3, alpha=12)
-    layer.add_adapter("c", r=1, alpha=1)
+    layer = LoRALinear(nn.Linear(7, 5), r=2, lora_alpha=4, adapter_name="a")
+    layer.update_layer("b", r=3, lora_alpha=12)
+    layer.update_layer("c", r=1, lora_alpha=1)
     with torch.no_grad():
         for name in layer.adapters:
-            layer.lora_B[name].copy_(torch.randn(layer.lora_B[name].shape, generator=g))
+            B = layer.lora_B[name].weight
+            B.copy_(torch.randn(B.shape, generator=g))
     return layer
 
 
@@ -41,7 +41,7 @@ def check_stacked_delta(fn) -> None:
     """``fn(layer, names)`` must return ``sum(scaling[n] * B[n] @ A[n] for n in names)``, shape (out, in)."""
     layer = _three_adapter_layer()
     with torch.no_grad():
-        AB = {n: layer.lora_B[n] @ layer.lora_A[n] for n in layer.adapters}
+        AB = {n: layer.lora_B[n].weight @ layer.lora_A[n].weight for n in layer.adapters}
         for names in (["a"], ["a", "b"], ["c", "b"], ["a", "b", "c"]):
             got = _tensor(fn(layer, list(names)), "stacked_delta")
             want = sum(layer.scaling[n] * AB[n] for n in names)
@@ -52,7 +52,7 @@ def check_stacked_delta(fn) -> None:
                 raise Hint(f"{where} the shape should be (out, in) = {tuple(want.shape)}, like the weight: "
                            "use B @ A, not A.T @ B.T.")
             if _close(got, sum(AB[n] for n in names)):
-                raise Hint(f"{where}: multiply each B @ A by its own scaling, layer.scaling[name] = alpha / r.")
+                raise Hint(f"{where}: multiply each B @ A by its own scaling, layer.scaling[name] = lora_alpha / r.")
             if _close(got, layer.scaling[names[0]] * sum(AB[n] for n in names)):
                 raise Hint(f"{where}: each adapter has its own scaling (its own alpha and r); use layer.scaling[n].")
             if _close(got, sum(layer.scaling[n] * AB[n] for n in layer.adapters)):

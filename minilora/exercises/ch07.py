@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from ._core import Hint, checker
 
+__all__ = ["check_response_labels", "check_left_pad_batch", "check_response_loss"]
+
 _IGNORE = -100
 _LABEL_CASES = [([1, 9, 4, 7, 5, 2], 3), ([1, 4, 2], 2), ([3, 8, 8, 8, 8, 6, 2, 5], 1), ([5, 6], 0)]
 
@@ -38,7 +40,8 @@ def check_response_labels(fn) -> None:
         if got == [0] * n + ids[n:]:
             raise Hint("mask with -100, the ignore_index of cross-entropy; 0 is a real token id.")
         if got == ids[:n] + [_IGNORE] * (len(ids) - n):
-            raise Hint("that is the wrong way round: mask the prompt (the first n_prompt tokens) and keep the response.")
+            raise Hint("that is the wrong way round: mask the prompt (the first n_prompt tokens) and keep the "
+                       "response.")
         if got in ([_IGNORE] * (n + 1) + ids[n + 1:], [_IGNORE] * max(n - 1, 0) + ids[max(n - 1, 0):]):
             raise Hint("off by one: exactly the first n_prompt labels are -100, i.e. labels[:n_prompt].")
         if got[:n] == want[:n] and got[-1] == _IGNORE:

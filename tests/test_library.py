@@ -1,0 +1,102 @@
+"""The shape of the library: every module imports on its own, no import cycles, a public API on purpose."""
+import ast
+import importlib
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "minilora"
+MODULES = sorted("minilora." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts)
+                 for p in PACKAGE.rglob("*.py") if p.name != "__init__.py")
+
+
+def _tree(module: str) -> ast.Module:
+    path = PACKAGE.joinpath(*module.split(".")[1:]).with_suffix(".py")
+    return ast.parse(path.read_text())
+
+
+def _internal_imports(module: str) -> set[str]:
+    """The minilora modules that ``module`` imports at its top level."""
+    out, package = set(), module.rsplit(".", 1)[0]
+    for node in _tree(module).body:
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            target = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:  # `from . import models` imports a module, `from .x import y` a name of x
+                out.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in MODULES else target)
+    return {m for m in out if m in MODULES}
+
+
+def test_every_module_imports_on_its_own():
+    """Each module imported first, in a fresh interpreter state for minilora (torch stays loaded)."""
+    script = (
+        "import importlib, sys\n"
+        "failed = []\n"
+        f"for name in {MODULES!r}:\n"
+        "    for m in [m for m in sys.modules if m == 'minilora' or m.startswith('minilora.')]:\n"
+        "        del sys.modules[m]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as e:\n"
+        "        failed.append(f'{name}: {type(e).__name__}: {e}')\n"
+        "print('\\n'.join(failed))\n"
+        "sys.exit(1 if failed else 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+
+
+def test_no_import_cycles_and_config_is_a_leaf():
+    graph = {m: _internal_imports(m) for m in MODULES}
+    assert graph["minilora.config"] == set(), "config is a leaf: it imports nothing from minilora"
+    assert "minilora.config" in graph["minilora.layers"]
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        if state.get(m) == 1:
+            raise AssertionError("import cycle: " + " -> ".join(path + [m]))
+        if state.get(m) == 2:
+            return
+        state[m] = 1
+        for dep in sorted(graph[m]):
+            visit(dep, path + [m])
+        state[m] = 2
+
+    for m in MODULES:
+        visit(m, [])
+
+
+def test_no_deferred_imports_without_a_reason():
+    """Imports sit at the top of each module; one inside a function must say why, in a comment."""
+    for module in MODULES:
+        lines = PACKAGE.joinpath(*module.split(".")[1:]).with_suffix(".py").read_text().splitlines()
+        for node in ast.walk(_tree(module)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for inner in ast.walk(node):
+                    if isinstance(inner, (ast.Import, ast.ImportFrom)):
+                        assert "#" in lines[inner.lineno - 1], f"{module}:{inner.lineno} imports inside a function"
+
+
+@pytest.mark.parametrize("module", MODULES + ["minilora"])
+def test_all_lists_exactly_the_public_api(module):
+    mod = importlib.import_module(module)
+    assert isinstance(getattr(mod, "__all__", None), list), f"{module} has no __all__"
+    missing = [n for n in mod.__all__ if not hasattr(mod, n)]
+    assert not missing, f"{module}.__all__ names what it does not define: {missing}"
+    assert len(set(mod.__all__)) == len(mod.__all__)
+    if module != "minilora":  # every public function and class a module defines is in its __all__
+        defined = [n.name for n in _tree(module).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+                   and not n.name.startswith("_")]
+        assert not [n for n in defined if n not in mod.__all__], f"{module}: public but not in __all__"
+
+
+def test_the_package_exports_the_lifecycle_and_qlora():
+    import minilora
+
+    for name in ("LoRAConfig", "inject_lora", "merge_and_unload", "add_weighted_adapter", "save_adapter",
+                 "load_adapter", "AdapterFileError", "quantize_model_nf4", "LinearNF4", "mark_only_lora_as_trainable",
+                 "disable_adapter", "get_nb_trainable_parameters"):
+        assert name in minilora.__all__
