@@ -87,7 +87,7 @@ def check_environment() -> list[Check]:
     checks.append(Check("cuda", True, "available" if torch.cuda.is_available() else
                         "not needed: the whole course runs on the CPU"))
     for name, path in models.cached_models().items():
-        checks.append(Check(f"model {name}", path is not None, str(path) if path else "not cached",
+        checks.append(Check(f"model {name}", path is not None, models.display_path(path) if path else "not cached",
                             "run `make assets` once while online"))
     return checks
 
