@@ -137,7 +137,7 @@ def model_nbytes(model: nn.Module) -> int:
 
 
 #: The parts of a transformer that ``component_counts`` reports, always in this order.
-COMPONENTS = ("embeddings", "attention", "mlp", "norms", "head")
+COMPONENTS = ("embeddings", "attention", "mlp", "norms", "pooler", "head")
 
 
 def _component(name: str, module: nn.Module, heads: set[str]) -> str:
@@ -149,7 +149,9 @@ def _component(name: str, module: nn.Module, heads: set[str]) -> str:
         return "lora"
     if isinstance(module, nn.Embedding):
         return "embeddings"
-    if any(name == h or name.startswith(h + ".") for h in heads) or "pooler" in parts:
+    if "pooler" in parts:  # BERT's pooler: a dense layer + tanh on [CLS], pretrained; not a task head
+        return "pooler"
+    if any(name == h or name.startswith(h + ".") for h in heads):
         return "head"
     if any("attn" in p or "attention" in p for p in parts):
         return "attention"
@@ -160,7 +162,8 @@ def _component(name: str, module: nn.Module, heads: set[str]) -> str:
 
 def component_counts(model: nn.Module) -> dict[str, int]:
     """Parameters per part of a transformer: ``embeddings``, ``attention`` (q, k, v, o), ``mlp``,
-    ``norms`` and ``head`` (LM head, classifier or pooler), plus ``lora`` and ``other`` when nonzero.
+    ``norms``, ``pooler`` (BERT's) and ``head`` (LM head or classifier), plus ``lora`` and ``other``
+    when nonzero.
 
     Tied tensors count once, where they first appear (SmolLM2's LM head shares the embedding, so
     its ``head`` is 0); the values add up to ``count_parameters(model)``. Works on the meta device."""

@@ -30,11 +30,14 @@ fraction of the loss.
   row's last prompt token sits in the last column and the new tokens line up), KV cache, and it
   stops each row at ``<|im_end|>``.
 * ``exact_match`` / ``evaluate_exact_match`` score the answers: exact match after trimming
-  whitespace, or equality of the parsed values for JSON answers.
+  whitespace, or equality of the parsed values for JSON answers. ``contains_answer`` /
+  ``evaluate_contains`` are the lenient twins: is the right answer *somewhere* in what the model
+  said? The gap between the two is format, not knowledge.
 """
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from typing import Iterable, Mapping, Sequence
 
@@ -44,7 +47,7 @@ from tqdm import tqdm
 
 __all__ = ["END_OF_TURN", "SYSTEM", "IGNORE_INDEX", "CUT", "end_of_turn_id", "prompt_text", "encode_example",
            "ChatCollator", "left_pad", "generate", "answer_rows", "token_budgets", "exact_match",
-           "evaluate_exact_match"]
+           "evaluate_exact_match", "normalise", "contains_answer", "evaluate_contains"]
 
 END_OF_TURN = "<|im_end|>"
 #: The system message used in chapter 07, for training and evaluation alike. An empty message keeps
@@ -248,12 +251,35 @@ def exact_match(prediction: str, reference: str, as_json: bool = False) -> bool:
         return False
 
 
-def evaluate_exact_match(predictions: Sequence[str], rows: Sequence[Mapping[str, str]],
-                         json_skills: Iterable[str] = ("json",)) -> dict[str, float]:
-    """Exact match per skill, in percent, plus ``"overall"`` (over all rows).
+def normalise(text: str) -> str:
+    """Lower case, whitespace runs collapsed to one space, ends trimmed."""
+    return " ".join(text.lower().split())
 
-    ``rows`` carry ``"skill"`` and ``"response"``; answers of the skills in ``json_skills`` are
-    compared as JSON."""
+
+def contains_answer(prediction: str, reference: str, as_json: bool = False) -> bool:
+    """The lenient metric: True when the reference *appears in* the prediction, whatever else it says.
+
+    Text: the normalised reference (``normalise``) occurs in the normalised prediction as a whole
+    word or number ("48" is in "the answer is 48.", not in "148"). ``as_json``: some JSON object in
+    the prediction parses to the reference's value. It separates *knowing* the answer from *giving
+    it in the asked format*, which ``exact_match`` requires too."""
+    if not isinstance(prediction, str) or not isinstance(reference, str):
+        raise TypeError(f"prediction and reference must be strings, got {type(prediction).__name__} "
+                        f"and {type(reference).__name__}.")
+    if as_json:
+        want, decoder = json.loads(reference), json.JSONDecoder()
+        for start in (i for i, ch in enumerate(prediction) if ch == "{"):
+            try:
+                if decoder.raw_decode(prediction, start)[0] == want:
+                    return True
+            except json.JSONDecodeError:
+                continue
+        return False
+    pattern = r"(?<![\w])" + re.escape(normalise(reference)) + r"(?![\w])"
+    return re.search(pattern, normalise(prediction)) is not None
+
+
+def _score(predictions: Sequence[str], rows: Sequence[Mapping[str, str]], match, json_skills) -> dict[str, float]:
     if len(predictions) != len(rows):
         raise ValueError(f"got {len(predictions)} predictions for {len(rows)} rows; they must pair up.")
     if not rows:
@@ -261,8 +287,23 @@ def evaluate_exact_match(predictions: Sequence[str], rows: Sequence[Mapping[str,
     json_skills = set(json_skills)
     hits: dict[str, list[bool]] = defaultdict(list)
     for pred, row in zip(predictions, rows):
-        ok = exact_match(pred, row["response"], as_json=row.get("skill") in json_skills)
-        hits[row.get("skill", "all")].append(ok)
+        hits[row.get("skill", "all")].append(match(pred, row["response"], as_json=row.get("skill") in json_skills))
     scores = {k: 100.0 * sum(v) / len(v) for k, v in sorted(hits.items())}
     scores["overall"] = 100.0 * sum(sum(v) for v in hits.values()) / len(rows)
     return scores
+
+
+def evaluate_exact_match(predictions: Sequence[str], rows: Sequence[Mapping[str, str]],
+                         json_skills: Iterable[str] = ("json",)) -> dict[str, float]:
+    """Exact match per skill, in percent, plus ``"overall"`` (over all rows).
+
+    ``rows`` carry ``"skill"`` and ``"response"``; answers of the skills in ``json_skills`` are
+    compared as JSON."""
+    return _score(predictions, rows, exact_match, json_skills)
+
+
+def evaluate_contains(predictions: Sequence[str], rows: Sequence[Mapping[str, str]],
+                      json_skills: Iterable[str] = ("json",)) -> dict[str, float]:
+    """``contains_answer`` per skill, in percent, plus ``"overall"``: the lenient twin of
+    ``evaluate_exact_match``."""
+    return _score(predictions, rows, contains_answer, json_skills)

@@ -94,7 +94,7 @@ def _named_histories(histories: tuple) -> list[tuple[str, Any]]:
 
 
 def loss_curves(*histories: Any, ax: Axes | None = None, smooth: int = 1, val: bool = True,
-                logy: bool = False, title: str = "Loss curves") -> Axes:
+                logy: bool = False, title: str = "Loss curves", legend_loc: str = "best") -> Axes:
     """Training loss per optimiser step (solid) and validation loss (dashed, markers).
 
     Args:
@@ -102,6 +102,7 @@ def loss_curves(*histories: Any, ax: Axes | None = None, smooth: int = 1, val: b
         smooth: moving-average window (in steps) for the training loss; 1 = raw.
         val: also draw the validation points, when the history has them.
         logy: log-scale y axis.
+        legend_loc: where the legend goes (matplotlib's ``loc``), e.g. to keep it off a curve.
     """
     named = _named_histories(histories)
     if not named:
@@ -123,24 +124,29 @@ def loss_curves(*histories: Any, ax: Axes | None = None, smooth: int = 1, val: b
     ax.set_ylabel("loss" + (f" (moving average of {smooth})" if smooth > 1 else ""))
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc=legend_loc)
     return ax
 
 
-def accuracy_vs_params(results: Mapping[str, tuple[float, float]], ax: Axes | None = None,
+def accuracy_vs_params(results: Mapping[str, tuple], ax: Axes | None = None,
                        connect: Sequence[str] | None = None, ylabel: str = "test accuracy",
                        title: str = "Accuracy against trainable parameters") -> Axes:
-    """Scatter accuracy against trainable parameters (log x axis), one labelled point per run.
+    """Accuracy against trainable parameters (log x axis), one labelled point per run.
 
     Args:
-        results: name -> (trainable parameters, accuracy).
+        results: name -> (trainable parameters, accuracy), or (trainable parameters, mean, std) to
+            draw an error bar of one standard deviation (e.g. over seeds).
         connect: names to join with a line, in this order (e.g. the LoRA ranks).
+
+    Labels alternate above and below their points, from left to right, so that neighbours do not
+    overlap; the rightmost label is drawn to the left of its point, so that it stays in the plot.
     """
     if not isinstance(results, Mapping) or not results:
         raise ValueError("accuracy_vs_params expects a non-empty dict {name: (n_params, accuracy)}.")
     for name, v in results.items():
-        if len(v) != 2 or not v[0] > 0:
-            raise ValueError(f"results[{name!r}] must be (n_params > 0, accuracy), got {v!r}.")
+        if len(v) not in (2, 3) or not v[0] > 0:
+            raise ValueError(f"results[{name!r}] must be (n_params > 0, accuracy) or (n_params > 0, mean, std), "
+                             f"got {v!r}.")
     missing = [n for n in (connect or []) if n not in results]
     if missing:
         raise ValueError(f"connect names {missing} are not in results; names are {list(results)}.")
@@ -148,11 +154,18 @@ def accuracy_vs_params(results: Mapping[str, tuple[float, float]], ax: Axes | No
     if connect:
         ax.plot([results[n][0] for n in connect], [results[n][1] for n in connect], "-",
                 color="0.6", zorder=1)
-    for name, (n, acc) in results.items():
-        ax.scatter([n], [acc], zorder=2, label=name)
-        ax.annotate(name, (n, acc), textcoords="offset points", xytext=(5, -12), fontsize="small")
+    order = sorted(results, key=lambda n: results[n][0])
+    for i, name in enumerate(order):
+        n, acc, *std = results[name]
+        if std:
+            ax.errorbar([n], [acc], yerr=[std[0]], fmt="o", capsize=3, zorder=2, label=name)
+        else:
+            ax.scatter([n], [acc], zorder=2, label=name)
+        last = i == len(order) - 1
+        ax.annotate(name, (n, acc), textcoords="offset points", xytext=(-6 if last else 6, 8 if i % 2 else -14),
+                    ha="right" if last else "left", fontsize="small")
     ax.set_xscale("log")
-    ax.margins(x=0.15, y=0.1)
+    ax.margins(x=0.15, y=0.12)
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

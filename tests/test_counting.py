@@ -156,7 +156,7 @@ def test_component_counts_add_up_and_split_as_expected():
 
 def test_component_counts_bert_gpt2_tied_and_lora():
     bert = component_counts(meta_model(roberta_base(), AutoModel))
-    assert bert["head"] == 768 * 768 + 768  # the pooler
+    assert bert["pooler"] == 768 * 768 + 768 and bert["head"] == 0  # BertModel: a pooler, no task head
     assert bert["attention"] == 12 * 4 * (768 * 768 + 768)
     assert bert["mlp"] == 12 * (2 * 768 * 3072 + 3072 + 768)
     gpt2 = meta_model(GPT2Config())

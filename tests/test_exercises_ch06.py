@@ -1,4 +1,6 @@
 """Chapter 06 checkers: a stub is 'not attempted', each typical mistake fails with its hint, the solution passes."""
+import math
+
 import pytest
 import torch
 from checker_protocol import protocol_tests
@@ -31,7 +33,6 @@ def concat_merge(As, Bs, scalings, weights):
 
 def _peft_linear(As, Bs, s, w):
     """PEFT's "linear": sum the square-root-weighted A's and B's separately (cross terms)."""
-    import math
     A = sum(math.copysign(math.sqrt(abs(wi * si)), wi * si) * a for a, si, wi in zip(As, s, w))
     B = sum(math.sqrt(abs(wi * si)) * b for b, si, wi in zip(Bs, s, w))
     return A, B
@@ -49,21 +50,26 @@ CONCAT_WRONG = {
 
 
 # Exercise 6.3 --------------------------------------------------------------------------------------
-def truncate(delta, k):
-    U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
-    return U[:, :k] * S[:k], Vh[:k]
+def linear_merge(As, Bs, scalings, weights):
+    """PEFT's "linear": the sign of w_i s_i on A, the square root of its size on both factors."""
+    c = [math.copysign(math.sqrt(abs(w * s)), w * s) for s, w in zip(scalings, weights)]
+    return sum(ci * a for ci, a in zip(c, As)), sum(abs(ci) * b for ci, b in zip(c, Bs))
 
 
-def _svd(delta):
-    return torch.linalg.svd(delta, full_matrices=False)
+def linear_merge_sign_on_b(As, Bs, scalings, weights):
+    c = [math.copysign(math.sqrt(abs(w * s)), w * s) for s, w in zip(scalings, weights)]
+    return sum(abs(ci) * a for ci, a in zip(c, As)), sum(ci * b for ci, b in zip(c, Bs))
 
 
-TRUNCATE_WRONG = {
-    "no singular values": lambda d, k: (_svd(d)[0][:, :k], _svd(d)[2][:k]),
-    "smallest k": lambda d, k: (_svd(d)[0][:, -k:] * _svd(d)[1][-k:], _svd(d)[2][-k:]),
-    "(A, B) order": lambda d, k: truncate(d, k)[::-1],
-    "rank k + 1": lambda d, k: truncate(d, k + 1),
-    "random factors": lambda d, k: (torch.randn(d.shape[0], k), torch.randn(k, d.shape[1])),
+LINEAR_WRONG = {
+    "exact (cat)": concat_merge,
+    "weights squared": lambda As, Bs, s, w: (sum(wi * si * a for a, si, wi in zip(As, s, w)),
+                                             sum(wi * si * b for b, si, wi in zip(Bs, s, w))),
+    "sign on both": lambda As, Bs, s, w: (sum(math.sqrt(abs(wi * si)) * a for a, si, wi in zip(As, s, w)),
+                                          sum(math.sqrt(abs(wi * si)) * b for b, si, wi in zip(Bs, s, w))),
+    "no scalings": lambda As, Bs, s, w: linear_merge(As, Bs, [1.0] * len(s), w),
+    "concatenated": lambda As, Bs, s, w: (torch.cat(As), torch.cat(Bs, dim=1)),
+    "one tensor": lambda As, Bs, s, w: linear_merge(As, Bs, s, w)[0],
 }
 
 
@@ -90,7 +96,7 @@ KEYS_WRONG = {
 CASES = [
     (ch06.check_stacked_delta, stacked_delta, STACKED_WRONG),
     (ch06.check_concat_merge, concat_merge, CONCAT_WRONG),
-    (ch06.check_truncate, truncate, TRUNCATE_WRONG),
+    (ch06.check_linear_merge, linear_merge, LINEAR_WRONG),
     (ch06.check_peft_keys, peft_keys, KEYS_WRONG),
 ]
 
@@ -110,10 +116,12 @@ test_stub_is_not_attempted, test_solution_passes, test_wrong_answer_fails_with_a
     (CONCAT_WRONG["no scalings"], "forgot each adapter's scaling"),
     (CONCAT_WRONG["cat on the wrong dim"], "stack the A's"),
     (CONCAT_WRONG["peft linear (cross terms)"], "stack the A's"),
-    (TRUNCATE_WRONG["no singular values"], "singular values are missing"),
-    (TRUNCATE_WRONG["smallest k"], "keep the FIRST k"),
-    (TRUNCATE_WRONG["(A, B) order"], "in that order"),
-    (TRUNCATE_WRONG["rank k + 1"], "Keep k columns"),
+    (LINEAR_WRONG["exact (cat)"], "that is 'cat'"),
+    (LINEAR_WRONG["weights squared"], "weight each factor by the square root"),
+    (LINEAR_WRONG["sign on both"], "a negative weight must stay negative"),
+    (LINEAR_WRONG["no scalings"], "you forgot each adapter's scaling"),
+    (LINEAR_WRONG["concatenated"], "that is 'cat'"),
+    (linear_merge_sign_on_b, "PEFT puts the sign of w_i s_i on the A side"),
     (KEYS_WRONG["with the adapter name"], "PEFT strips it"),
     (KEYS_WRONG["no prefix"], "base_model.model."),
     (KEYS_WRONG["B first"], "A first, then B"),
@@ -122,6 +130,26 @@ test_stub_is_not_attempted, test_solution_passes, test_wrong_answer_fails_with_a
     (KEYS_WRONG["no .weight"], "end in '.weight'"),
 ])
 def test_hints_are_specific(wrong, fragment, capsys):
-    check = next(c for c, _, ws in CASES if any(w is wrong for w in ws.values()))
+    check = next((c for c, _, ws in CASES if any(w is wrong for w in ws.values())), ch06.check_linear_merge)
     assert check(wrong) is False
     assert fragment in capsys.readouterr().out
+
+
+def test_the_linear_merge_solution_is_what_the_library_and_peft_compute():
+    """The exercise's formula is minilora's add_weighted_adapter "linear" (itself checked against PEFT)."""
+    from torch import nn
+
+    import minilora as ml
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5))
+    for name, alpha in (("p", 4), ("q", 1)):
+        ml.add_adapter(model, name, ml.LoRAConfig(r=3, lora_alpha=alpha, target_modules=["0"]))
+        with torch.no_grad():
+            model[0].lora_B[name].weight.normal_()
+    ml.add_weighted_adapter(model, ["p", "q"], [0.7, -0.4], "lin", combination_type="linear")
+    layer = model[0]
+    A, B = linear_merge([layer.factors(n)[0] for n in "pq"], [layer.factors(n)[1] for n in "pq"],
+                        [layer.scaling[n] for n in "pq"], [0.7, -0.4])
+    torch.testing.assert_close(layer.get_delta_weight("lin"), (B @ A).detach(), atol=1e-6, rtol=0)
+    assert ch06.check_linear_merge(linear_merge_sign_on_b) is False  # the cross terms change with the sign's side

@@ -14,8 +14,10 @@ from minilora.instruct import (
     IGNORE_INDEX,
     ChatCollator,
     answer_rows,
+    contains_answer,
     encode_example,
     end_of_turn_id,
+    evaluate_contains,
     evaluate_exact_match,
     exact_match,
     generate,
@@ -307,3 +309,35 @@ def test_load_jsonl_errors(tmp_path):
     bad.write_text('{"a": 1}\n{oops\n')
     with pytest.raises(ValueError, match="bad.jsonl:2"):
         load_jsonl(bad)
+
+
+AMARA = '{"name": "Amara", "age": 79, "city": "Nairobi"}'
+
+
+@pytest.mark.parametrize("prediction, reference, as_json, expected", [
+    ("The answer is 48.", "48", False, True),
+    ("148", "48", False, False),  # a whole number, not a piece of one
+    ("48", "48", False, True),
+    ("Sentiment:  NEGATIVE\n", "negative", False, True),  # case and whitespace do not matter
+    ("The play was lousy", "negative", False, False),
+    ("It is 1966-05-08, I think", "1966-05-08", False, True),
+    ("2022-05-08", "1966-05-08", False, False),
+    ("May 8th,   1966", "may 8th, 1966", False, True),
+    ('Here you go: {"age": 79, "name": "Amara", "city": "Nairobi"} Anything else?', AMARA, True, True),
+    ('{\n  "name": "Amara",\n  "age": 79,\n  "city": "Koelu [...]', AMARA, True, False),
+    ('{"name": "Amara"} {"name": "Amara", "age": 79, "city": "Nairobi"}', AMARA, True, True),
+])
+def test_contains_answer_is_lenient_about_format_only(prediction, reference, as_json, expected):
+    assert contains_answer(prediction, reference, as_json=as_json) is expected
+    if expected and exact_match(prediction, reference, as_json=as_json):
+        assert contains_answer(prediction, reference, as_json=as_json)  # exact implies contained
+
+
+def test_evaluate_contains_scores_per_skill():
+    rows = [{"skill": "a", "response": "48"}, {"skill": "a", "response": "12"},
+            {"skill": "json", "response": '{"x": 1}'}]
+    preds = ["It is 48.", "12", 'ok {"x": 1} done']
+    assert evaluate_contains(preds, rows) == {"a": 100.0, "json": 100.0, "overall": 100.0}
+    assert evaluate_exact_match(preds, rows) == {"a": 50.0, "json": 0.0, "overall": 100 / 3}
+    with pytest.raises(ValueError, match="pair up"):
+        evaluate_contains(preds[:2], rows)

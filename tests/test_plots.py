@@ -47,6 +47,7 @@ def test_loss_curves_draws_histories():
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [3.0, 2.5, 1.5, 0.75])  # moving average
     assert len(ax.get_lines()) == 1 and "moving average" in ax.get_ylabel()
     assert ax.get_xlabel() == "optimiser step"
+    assert plots.loss_curves(h1, legend_loc="upper right").get_legend()._loc == 1
 
 
 def test_accuracy_vs_params_and_param_bars():
@@ -55,6 +56,11 @@ def test_accuracy_vs_params_and_param_bars():
     assert ax.get_xscale() == "log" and ax.get_ylabel() == "test accuracy"
     np.testing.assert_allclose(ax.get_lines()[0].get_xdata(), [100, 300, 900])
     assert len(ax.collections) == 4  # one point per run
+    labels = {t.get_text(): t for t in ax.texts}
+    assert labels["full"].get_horizontalalignment() == "right"  # the rightmost label stays inside the plot
+    assert labels["LoRA r=1"].xyann[1] != labels["LoRA r=4"].xyann[1]  # neighbours alternate above and below
+    ax = plots.accuracy_vs_params({"a": (10, 0.5, 0.02), "b": (100, 0.7, 0.01)}, ylabel="mean accuracy")
+    assert len(ax.containers) == 2  # an error bar per run
     ax = plots.param_bars({"full": 10_000, "LoRA": 300})
     assert ax.get_xscale() == "log" and "parameters" in ax.get_xlabel()
     assert [p.get_width() for p in ax.patches] == [10_000, 300]

@@ -2,7 +2,7 @@
 
 * 6.1 ``stacked_delta(layer, names)``: the update of a layer with several active adapters.
 * 6.2 ``concat_merge(As, Bs, scalings, weights)``: an exact weighted merge, by concatenation.
-* 6.3 ``truncate(delta, k)``: the best rank-``k`` factors ``(B, A)`` of a matrix.
+* 6.3 ``linear_merge(As, Bs, scalings, weights)``: PEFT's ``"linear"`` combination, cross terms included.
 * 6.4 ``peft_keys(module_path, is_embedding)``: the two names an adapter file uses for a layer.
 """
 from __future__ import annotations
@@ -99,33 +99,50 @@ def check_concat_merge(fn) -> None:
         raise Hint(f"B @ A differs from sum_i w_i s_i B_i A_i by {float((got - want).abs().max()):.3g} at most.")
 
 
-@checker("Exercise 6.3: the best rank-k factors")
-def check_truncate(fn) -> None:
-    """``fn(delta, k)`` must return ``(B, A)``, B (out, k), A (k, in), with B @ A the best rank-k approximation."""
-    g = torch.Generator().manual_seed(3)
-    delta = torch.randn(8, 5, generator=g) @ torch.diag(torch.tensor([4.0, 2.0, 1.0, 0.5, 0.1])) @ \
-        torch.linalg.qr(torch.randn(5, 6, generator=g).T)[0].T
-    U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
-    for k in (1, 2, 4):
-        out = fn(delta.clone(), k)
+def _linear_case(seed: int):
+    g = torch.Generator().manual_seed(10 + seed)
+    As = [torch.randn(3, 6, generator=g, dtype=torch.float64) for _ in range(2)]
+    Bs = [torch.randn(5, 3, generator=g, dtype=torch.float64) for _ in range(2)]
+    return As, Bs, [2.0, 0.5], [0.7, 0.4] if seed == 0 else [0.7, -0.4]
+
+
+@checker("Exercise 6.3: PEFT's linear combination, and its cross terms")
+def check_linear_merge(fn) -> None:
+    """``fn(As, Bs, scalings, weights)`` must return PEFT's ``"linear"`` ``(A, B)``: the sums of
+    ``c_i A_i`` and ``|c_i| B_i`` with ``c_i = sign(w_i s_i) sqrt(|w_i s_i|)``."""
+    for seed in (0, 1):
+        As, Bs, s, w = _linear_case(seed)
+        out = fn([a.clone() for a in As], [b.clone() for b in Bs], list(s), list(w))
         if not isinstance(out, (tuple, list)) or len(out) != 2:
-            raise Hint("return a pair (B, A).")
-        B, A = (_tensor(x, n) for x, n in zip(out, ("B", "A")))
-        if B.shape == (k, 6) and A.shape == (8, k):
-            raise Hint("return (B, A) in that order: B is (out, k) = (8, k) and A is (k, in) = (k, 6).")
-        if B.shape != (8, k) or A.shape != (k, 6):
-            raise Hint(f"for k={k} B should be (8, {k}) and A ({k}, 6); you returned B {tuple(B.shape)}, "
-                       f"A {tuple(A.shape)}. Keep k columns of U and k rows of Vh.")
-        err = float(torch.linalg.norm(B @ A - delta))
-        best = float(S[k:].pow(2).sum().sqrt())
-        if abs(err - best) <= 1e-4 * max(1.0, best):
+            raise Hint("return a pair (A, B).")
+        A, B = (_tensor(x, n) for x, n in zip(out, ("A", "B")))
+        if A.shape != As[0].shape or B.shape != Bs[0].shape:
+            raise Hint(f"A and B keep the inputs' shapes, {tuple(As[0].shape)} and {tuple(Bs[0].shape)}: 'linear' "
+                       "sums the factors; it does not concatenate them (that is 'cat').")
+        c = [(wi * si) ** 0.5 if wi * si >= 0 else -((-wi * si) ** 0.5) for si, wi in zip(s, w)]
+        got = B.double() @ A.double()
+        want = sum(abs(ci) * b for ci, b in zip(c, Bs)) @ sum(ci * a for ci, a in zip(c, As))
+        if _close(got, want):
             continue
-        if torch.allclose(B @ A, U[:, :k] @ Vh[:k], atol=1e-5):
-            raise Hint("the singular values are missing: B @ A must be U_k diag(S_k) Vh_k, e.g. B = U[:, :k] * S[:k].")
-        if torch.allclose(B @ A, (U[:, -k:] * S[-k:]) @ Vh[-k:], atol=1e-5):
-            raise Hint("torch.linalg.svd sorts the singular values largest first: keep the FIRST k.")
-        raise Hint(f"for k={k} your error ||B A - delta||_F is {err:.4f}; the best possible (Eckart-Young) is "
-                   f"{best:.4f} = sqrt(sum of the dropped singular values squared).")
+        sign_on_b = sum(ci * b for ci, b in zip(c, Bs)) @ sum(abs(ci) * a for ci, a in zip(c, As))
+        if _close(got, sign_on_b):
+            raise Hint("PEFT puts the sign of w_i s_i on the A side. On the B side each term B_i A_i keeps its sign, "
+                       "but the cross terms B_i A_j do not: the update differs.")
+        if _close(got, sum(wi * si * b @ a for a, b, si, wi in zip(As, Bs, s, w))):
+            raise Hint("your B @ A is the exact weighted sum: that is 'cat' (or 'svd'). PEFT's 'linear' sums the A's "
+                       "and the B's separately, each weighted by sqrt(|w_i s_i|), which adds cross terms.")
+        squared = sum(wi * si * b for b, si, wi in zip(Bs, s, w)) @ sum(wi * si * a for a, si, wi in zip(As, s, w))
+        if _close(got, squared):
+            raise Hint("you weighted both factors by w_i s_i, so each term gets (w_i s_i)^2: weight each factor by "
+                       "the square root, sqrt(|w_i s_i|).")
+        if _close(got, sum(abs(ci) * b for ci, b in zip(c, Bs)) @ sum(abs(ci) * a for ci, a in zip(c, As))):
+            raise Hint("a negative weight must stay negative: put the sign of w_i s_i on one factor only (A, in "
+                       "PEFT); on both it cancels, on neither it is lost.")
+        if _close(got, sum(abs(wi) ** 0.5 * b for b, wi in zip(Bs, w)) @
+                  sum((1 if wi >= 0 else -1) * abs(wi) ** 0.5 * a for a, wi in zip(As, w))):
+            raise Hint("you forgot each adapter's scaling s_i: the coefficient is sqrt(|w_i * s_i|).")
+        raise Hint(f"for weights {w} and scalings {s}, B @ A differs from PEFT's 'linear' by "
+                   f"{float((got - want).abs().max()):.3g} at most.")
 
 
 @checker("Exercise 6.4: the names in an adapter file")
@@ -158,4 +175,4 @@ def check_peft_keys(fn) -> None:
         raise Hint(f"for {path!r} (embedding={emb}) the keys are {want}; you returned {got}.")
 
 
-__all__ = ["check_stacked_delta", "check_concat_merge", "check_truncate", "check_peft_keys"]
+__all__ = ["check_stacked_delta", "check_concat_merge", "check_linear_merge", "check_peft_keys"]
