@@ -18,7 +18,8 @@ import torch
 
 from . import models
 
-__all__ = ["EXPECTED", "seed_everything", "Check", "check_environment", "print_environment"]
+__all__ = ["EXPECTED", "BF16_ISAS", "seed_everything", "Check", "bf16_is_native", "check_environment",
+           "print_environment"]
 
 #: The versions the course is pinned to (pyproject.toml); others may work but give other numbers.
 EXPECTED = {
@@ -68,6 +69,26 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+#: oneDNN ISA limits (``ONEDNN_MAX_CPU_ISA``) under which bf16 matrix products still run in hardware.
+BF16_ISAS = ("AVX512_CORE_BF16", "AVX512_CORE_AMX", "AVX512_CORE_AMX_FP16", "AVX10_1_512_AMX", "AVX10_1_512_AMX_FP16",
+             "AVX10_2_512", "AVX10_2_512_AMX_2", "ALL", "DEFAULT")
+
+
+def bf16_is_native() -> bool:
+    """True when this CPU multiplies bfloat16 matrices in hardware (x86 with AVX512-BF16 or AMX, and
+    neither oneDNN nor ATen told to use less: ``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``).
+
+    Elsewhere (AVX2 laptops, most CPUs before 2020) bf16 is emulated in software, often 10x slower
+    than fp32, so the course runs its bf16 demonstrations in short (chapter 08). A CPU this function
+    does not recognise counts as emulated: the short version is the safe one."""
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if isa and isa not in BF16_ISAS:
+        return False
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AVX512_BF16", "AMX"):  # ATen's kernels
+        return False
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 def check_environment() -> list[Check]:
     """Check Python, the pinned packages, CPU threads and the cached models."""
     checks = [Check("python", sys.version_info >= (3, 10), platform.python_version(),
@@ -86,6 +107,8 @@ def check_environment() -> list[Check]:
                         "or set it to your number of cores, and restart the kernel"))
     checks.append(Check("cuda", True, "available" if torch.cuda.is_available() else
                         "not needed: the whole course runs on the CPU"))
+    checks.append(Check("bf16", True, "native: bf16 matrix products run in hardware" if bf16_is_native() else
+                        "emulated on this CPU (fine: chapter 08 then runs its bf16 part in short)"))
     for name, path in models.cached_models().items():
         checks.append(Check(f"model {name}", path is not None, models.display_path(path) if path else "not cached",
                             "run `make assets` once while online"))

@@ -88,3 +88,22 @@ def test_print_environment_is_true_only_when_all_is_fine(capsys):
     assert env.print_environment(good + [env.Check("c", False, "broken", "do this")]) is False
     out = capsys.readouterr().out
     assert "[FIX] c  broken  -> do this" in out and "1 problem:" in out
+
+
+@pytest.mark.parametrize("capability, avx512_bf16, amx, isa, native", [
+    ("AVX512", True, False, "", True),       # e.g. Cooper Lake, Zen 4: AVX512-BF16
+    ("AVX512", False, True, "", True),       # Sapphire Rapids and later: AMX
+    ("AVX512", False, False, "", False),     # Skylake-X: AVX-512 without bf16 instructions
+    ("AVX2", False, False, "", False),       # a typical laptop, or AMD EPYC Zen 3
+    ("AVX2", True, True, "", False),         # ATEN_CPU_CAPABILITY=avx2 on a bf16 machine: emulated
+    ("AVX512", True, True, "AVX2", False),   # ONEDNN_MAX_CPU_ISA=AVX2 on a bf16 machine: emulated
+    ("AVX512", True, True, "avx512_core_amx", True),
+    ("DEFAULT", False, False, "", False),    # an unrecognised CPU counts as emulated
+])
+def test_bf16_is_native_follows_the_cpu_capability(monkeypatch, capability, avx512_bf16, amx, isa, native):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
+    assert env.bf16_is_native() is native
+    assert ("native" in by_name(env.check_environment())["bf16"].detail) is native

@@ -27,14 +27,13 @@ def freeze_all_but_top(model, k):
     if k > 0:
         for layer in model.bert.encoder.layer[-k:]:
             layer.requires_grad_(True)
-    model.bert.pooler.requires_grad_(True)
     model.classifier.requires_grad_(True)
     return model
 
 
 def _top_slice_bug(model, k):  # [-0:] is the whole list
     model.requires_grad_(False)
-    for part in [*model.bert.encoder.layer[-k:], model.bert.pooler, model.classifier]:
+    for part in [*model.bert.encoder.layer[-k:], model.classifier]:
         part.requires_grad_(True)
     return model
 
@@ -46,9 +45,11 @@ def _first_k(model, k):
     return model
 
 
-def _no_pooler(model, k):
+def _with_layer_norms(model, k):  # the LayerNorms of every block: more than the top k
     freeze_all_but_top(model, k)
-    model.bert.pooler.requires_grad_(False)
+    for name, module in model.named_modules():
+        if name.startswith("bert.encoder.layer.") and name.endswith("LayerNorm"):
+            module.requires_grad_(True)
     return model
 
 
@@ -78,7 +79,7 @@ FREEZE_WRONG = {
     "[-0:] slice": _top_slice_bug,
     "first k layers": _first_k,
     "one layer too many": lambda m, k: freeze_all_but_top(m, k + 1),
-    "pooler frozen": _no_pooler,
+    "every LayerNorm trainable": _with_layer_norms,
     "head frozen": _head_frozen,
     "embeddings trainable": _with_embeddings,
     "nothing frozen": lambda m, k: m,
@@ -177,7 +178,7 @@ test_stub_is_not_attempted, test_solution_passes, test_wrong_answer_fails_with_a
     (FREEZE_WRONG["[-0:] slice"], "[-0:]"),
     (FREEZE_WRONG["first k layers"], "the last k"),
     (FREEZE_WRONG["one layer too many"], "the last k"),
-    (FREEZE_WRONG["pooler frozen"], "pooler"),
+    (FREEZE_WRONG["every LayerNorm trainable"], "the last k"),
     (FREEZE_WRONG["head frozen"], "classifier head is frozen"),
     (FREEZE_WRONG["embeddings trainable"], "embeddings"),
     (FREEZE_WRONG["nothing frozen"], "embeddings"),
@@ -193,7 +194,7 @@ test_stub_is_not_attempted, test_solution_passes, test_wrong_answer_fails_with_a
     (PREDICT_WRONG["train mode"], "model.eval()"),
     (PREDICT_WRONG["no attention mask"], "attention_mask"),
     (PREDICT_WRONG["indices"], "label *names*"),
-    (PREDICT_WRONG["labels swapped"], "model.eval()"),
+    (PREDICT_WRONG["labels swapped"], "swapped"),
     (PREDICT_WRONG["first text only"], "one label per text"),
     (CHOOSE_WRONG["by test"], "*test* accuracy"),
     (CHOOSE_WRONG["ties to the bigger"], "on a tie"),

@@ -1,8 +1,8 @@
 r"""Exercises of chapter 05 (Fine-tuning a pretrained encoder).
 
 * 5.1 ``freeze_all_but_top(model, k) -> model``: partial fine-tuning, between the linear probe
-  and a full fine-tune. In a ``BertForSequenceClassification`` only the last ``k`` encoder layers,
-  the pooler and the classifier stay trainable (``k = 0``: pooler and head only).
+  and a full fine-tune. In the chapter's ``SentenceClassifier`` only the last ``k`` encoder layers
+  and the classifier stay trainable (``k = 0``: the head only).
 * 5.2 ``training_state_bytes(model) -> int``: the memory of what training keeps besides the
   activations, in fp32 with AdamW: every weight (4 bytes), and for each *trainable* parameter its
   gradient (4 bytes) and AdamW's two moments (8 bytes): :math:`4 P + 12 P_{train}` bytes.
@@ -18,35 +18,33 @@ from typing import Callable
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import AutoTokenizer, BertConfig, BertModel
 
 from ..config import LoRAConfig
 from ..inject import inject_lora
-from ..models import ENCODER_DIR, model_path
+from ..models import ENCODER_DIR, SentenceClassifier, model_path
 from ._core import Hint, checker
 
 LABELS = ("negative", "positive")
 
 
 def _tiny_bert(num_labels: int = 2, seed: int = 0, vocab_size: int = 100, num_layers: int = 2) -> nn.Module:
-    """A small random-weight BERT classifier (hidden 32), built from a config: no download."""
+    """A small random-weight mean-pooling classifier (hidden 32), like the chapter's: no download."""
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=num_layers,
-                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
-                     num_labels=num_labels)
-    return BertForSequenceClassification(cfg)
+                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)
+    return SentenceClassifier(BertModel(cfg, add_pooling_layer=False), num_labels)
 
 
 def _expected_top(model: nn.Module, k: int) -> list[str]:
     n_layers = model.config.num_hidden_layers
     top = tuple(f"bert.encoder.layer.{i}." for i in range(n_layers - k, n_layers))
-    return sorted(n for n, _ in model.named_parameters()
-                  if n.startswith(top + ("bert.pooler.", "classifier.")))
+    return sorted(n for n, _ in model.named_parameters() if n.startswith(top + ("classifier.",)))
 
 
 @checker("Exercise 5.1: train only the top of the encoder")
 def check_freeze_all_but_top(freeze_all_but_top: Callable[[nn.Module, int], nn.Module]) -> None:
-    """Trainable: the last ``k`` encoder layers, the pooler and the classifier; nothing else changes."""
+    """Trainable: the last ``k`` encoder layers and the classifier; nothing else changes."""
     for k in (1, 0, 2):
         model = _tiny_bert(num_layers=3)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -65,8 +63,6 @@ def check_freeze_all_but_top(freeze_all_but_top: Callable[[nn.Module, int], nn.M
         wanted_layers = list(range(3 - k, 3))
         if not any(n.startswith("classifier.") for n in got):
             raise Hint("the classifier head is frozen: it is new and random, so it must train.")
-        if not any(n.startswith("bert.pooler.") for n in got):
-            raise Hint("the pooler (bert.pooler) sits between the top layer and the classifier: train it too.")
         if any(n.startswith("bert.embeddings.") for n in got):
             raise Hint("the embeddings are at the *bottom* of the model: keep them frozen.")
         if layers != wanted_layers:
@@ -153,6 +149,9 @@ def check_predict_sentiment(predict_sentiment: Callable[[nn.Module, object, list
     got = list(got)
     if got == want:
         return
+    if got == [LABELS[1 - LABELS.index(w)] for w in want]:
+        raise Hint("every prediction is the other label: the labels are swapped. Class index 0 is "
+                   f"{LABELS[0]!r} and 1 is {LABELS[1]!r}: LABELS[i] for the argmax i.")
     if got == unmasked and unmasked != want:
         raise Hint("pass the attention_mask too (model(**enc)): without it, the padding tokens of the "
                    "shorter texts are attended to and change their predictions.")

@@ -1,0 +1,51 @@
+"""minilora.experiments: the chapter 05 protocol is deterministic per seed, and guards its splits."""
+import numpy as np
+import pytest
+
+from minilora.config import LoRAConfig
+from minilora.experiments import LEARNING_RATES, SETUPS, accuracy, build_model, fit_probe, train_sentiment
+from minilora.models import AssetsMissing, model_path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def needs_minilm():
+    try:
+        model_path("all-MiniLM-L6-v2")
+    except AssetsMissing as err:
+        pytest.skip(str(err))
+
+
+def test_every_setup_has_its_own_learning_rates():
+    assert set(LEARNING_RATES) == set(SETUPS)
+    for rates in LEARNING_RATES.values():
+        assert len(rates) >= 4 and rates == sorted(rates)
+
+
+def test_a_run_is_reproducible_for_its_seed():
+    setup = LoRAConfig(r=2, lora_alpha=4, target_modules=["query"], modules_to_save=["classifier"])
+    first = train_sentiment(setup, lr=5e-3, seed=1, steps=3, progress=False)
+    again = train_sentiment(setup, lr=5e-3, seed=1, steps=3, progress=False)
+    other = train_sentiment(setup, lr=5e-3, seed=2, steps=3, progress=False)
+    assert first.history.train_loss == again.history.train_loss
+    assert first.history.train_loss != other.history.train_loss
+    assert first.history.lr[0] == pytest.approx(5e-3 * (1 - 1 / 3))  # linear decay to zero over the steps
+    assert first.trainable == 6 * 2 * (384 + 384) + 384 * 2 + 2  # r=2 on 6 query layers, and the head
+    assert 0.0 < first.fraction < 0.01 and first.peak_mb >= 0
+
+
+def test_setups_and_splits_are_checked():
+    with pytest.raises(ValueError, match="LoRAConfig or 'full'"):
+        build_model("lora")
+    model, tok = build_model("full")
+    with pytest.raises(ValueError, match="'validation' \\(for choosing\\) or 'test' \\(to report\\)"):
+        accuracy(model, tok, "train")
+
+
+def test_the_probe_fits_and_reports_validation():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5))
+    y = x[:, 0] > 0
+    features = {"train": x[:100], "validation": x[100:]}
+    labels = {"train": y[:100], "validation": y[100:]}
+    probe, val = fit_probe(features, labels, C=10.0)
+    assert val > 0.9 and probe.score(features["train"], labels["train"]) > 0.9
