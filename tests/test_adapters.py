@@ -77,7 +77,7 @@ def test_swap_with_conv1d_layers(tiny, three_adapters):
                                    atol=1e-5, rtol=0)
 
 
-def test_disable_lora_with_several_active_adapters(tiny, three_adapters):
+def test_disable_adapter_with_several_active_adapters(tiny, three_adapters):
     base, model = three_adapters()
     set_adapter(model, ["a", "b", "c"])
     stacked = tiny.logits(model)

@@ -153,7 +153,7 @@ def test_merge_and_unload_gives_the_same_logits(arch, tiny):
     torch.testing.assert_close(tiny.logits(plain), tiny.logits(pm.merge_and_unload()), atol=1e-5, rtol=0)
 
 
-def test_disable_lora_gives_the_base_and_restores(tiny):
+def test_disable_adapter_gives_the_base_and_restores(tiny):
     base = tiny.llama()
     model = ml.inject_lora(copy.deepcopy(base), ml.LoRAConfig(r=4, target_modules="all-linear"))
     copy_from_peft(model, tiny.peft(base, "all-linear"))

@@ -23,7 +23,7 @@ def cfg70():
     return llama2_config("70b")
 
 
-def test_llama2_parameter_counts(cfg7, cfg70):
+def test_llama2_count_parameters(cfg7, cfg70):
     assert count_parameters(cfg7) == P7
     assert count_parameters(cfg70) == P70
     assert count_parameters(llama2_config("13b")) == 13_015_864_320
