@@ -1,7 +1,7 @@
 """minilora: the small LoRA library that the course's chapters build, in PEFT's vocabulary.
 
 The most used names are here; each module holds one idea and names the chapter that teaches it:
-``config`` and ``inject`` (04), ``layers`` and ``embedding`` (02), ``adapters`` and ``io`` (06),
+``config``, ``inject`` and ``modules_to_save`` (04), ``layers`` and ``embedding`` (02), ``adapters`` and ``io`` (06),
 ``counting`` (04), ``memory``, ``measure``, ``quant`` and ``qlora`` (08), ``train`` (03),
 ``data`` and ``models`` (05), ``instruct`` (07).
 """

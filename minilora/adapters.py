@@ -39,7 +39,8 @@ import torch
 from torch import nn
 
 from .config import LoRAConfig
-from .inject import ModulesToSaveWrapper, inject_lora, lora_layers, set_module
+from .inject import inject_lora, lora_layers, set_module
+from .modules_to_save import ModulesToSaveWrapper
 
 __all__ = ["COMBINATION_TYPES", "list_adapters", "active_adapters", "set_adapter", "add_adapter", "delete_adapter",
            "add_weighted_adapter", "WeightedAdapterReport", "check_not_merged"]

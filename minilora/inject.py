@@ -16,7 +16,6 @@ layers back, so the result has no trace of LoRA and runs exactly as fast as the 
 """
 from __future__ import annotations
 
-import copy
 from contextlib import ExitStack, contextmanager
 from typing import Iterator, Sequence
 
@@ -26,51 +25,14 @@ from transformers.pytorch_utils import Conv1D
 from .config import DEFAULT_TARGETS, LoRAConfig, name_matches
 from .embedding import LoRAEmbedding
 from .layers import LoRALayer, LoRALinear
+from .modules_to_save import ModulesToSaveWrapper
 
-__all__ = ["ModulesToSaveWrapper", "HEAD_NAMES", "output_head_names", "resolve_targets", "inject_lora",
+__all__ = ["HEAD_NAMES", "output_head_names", "resolve_targets", "inject_lora",
            "lora_layers", "mark_only_lora_as_trainable", "merge_adapter", "unmerge_adapter", "merge_and_unload",
            "unload", "disable_adapter", "set_module", "short_names"]
 
 #: Names of output heads: "all-linear" leaves them out, as PEFT does.
 HEAD_NAMES = ("lm_head", "classifier", "score", "qa_outputs", "cls")
-
-
-class ModulesToSaveWrapper(nn.Module):
-    """A fully trainable copy of a module (e.g. a new classifier head), one per adapter, as PEFT.
-
-    The original stays frozen inside as ``original_module``; ``modules_to_save[name]`` is the copy
-    that adapter ``name`` trains and saves. With no active copy the original is used."""
-
-    def __init__(self, module_to_save: nn.Module, adapter_name: str):
-        super().__init__()
-        self.original_module = module_to_save.requires_grad_(False)
-        self.modules_to_save = nn.ModuleDict()
-        self.active_adapter: str | None = None
-        self.disabled = False
-        self.update(adapter_name)
-
-    def update(self, adapter_name: str) -> None:
-        """Make a trainable copy for ``adapter_name`` (active only if no other copy is)."""
-        if adapter_name not in self.modules_to_save:
-            self.modules_to_save[adapter_name] = copy.deepcopy(self.original_module)
-        if self.active_adapter is None:
-            self.active_adapter = adapter_name
-        self.modules_to_save[adapter_name].requires_grad_(adapter_name == self.active_adapter)
-
-    def set_adapter(self, adapter_names: str | Sequence[str]) -> None:
-        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        chosen = [n for n in names if n in self.modules_to_save]
-        if len(chosen) > 1:
-            raise ValueError(f"adapters {chosen} each have their own copy of this module; only one can be "
-                             "active at a time, so they cannot be stacked.")
-        self.active_adapter = chosen[0] if chosen else None
-        for n, m in self.modules_to_save.items():
-            m.requires_grad_(n == self.active_adapter)
-
-    def forward(self, *args, **kwargs):
-        if self.disabled or self.active_adapter is None:
-            return self.original_module(*args, **kwargs)
-        return self.modules_to_save[self.active_adapter](*args, **kwargs)
 
 
 def output_head_names(model: nn.Module) -> set[str]:

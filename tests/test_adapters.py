@@ -17,9 +17,9 @@ from minilora.adapters import (
     set_adapter,
 )
 from minilora.embedding import LoRAEmbedding
-from minilora.inject import ModulesToSaveWrapper
 from minilora.io import load_adapter, save_adapter
 from minilora.layers import LoRALinear
+from minilora.modules_to_save import ModulesToSaveWrapper
 
 CFG = {"a": ml.LoRAConfig(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj", "v_proj"]),
        "b": ml.LoRAConfig(r=2, lora_alpha=8, target_modules=["v_proj", "down_proj"]),

@@ -9,8 +9,9 @@ from torch import nn
 
 import minilora as ml
 from minilora.embedding import LoRAEmbedding
-from minilora.inject import ModulesToSaveWrapper, resolve_targets
+from minilora.inject import resolve_targets
 from minilora.layers import LoRALinear
+from minilora.modules_to_save import ModulesToSaveWrapper
 
 ARCHS = {  # architecture -> the layers to adapt
     "bert": ["query", "value"],

@@ -14,8 +14,8 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import minilora as ml
 from minilora.adapters import list_adapters, set_adapter
-from minilora.inject import ModulesToSaveWrapper
 from minilora.io import AdapterFileError, load_adapter, save_adapter
+from minilora.modules_to_save import ModulesToSaveWrapper
 
 CASES = {  # architecture -> (targets, modules_to_save)
     "bert": (["query", "value"], ["classifier"]),
