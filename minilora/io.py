@@ -127,6 +127,9 @@ def _write_atomic(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private (0600); a saved adapter is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

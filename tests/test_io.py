@@ -98,6 +98,10 @@ def test_own_round_trip_and_the_file_is_small(tmp_path, tiny):
     n_adapter = 2 * 2 * 4 * (32 + 32) + 3 * 32 + 3  # 2 layers x (query, value) x r(in + out), and the head
     assert os.path.getsize(tmp_path / "adapter_model.safetensors") < 4 * n_adapter + 2000
     assert sorted(os.listdir(tmp_path)) == ["adapter_config.json", "adapter_model.safetensors"]  # no temp files
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in os.listdir(tmp_path):  # readable by others, as files written with open() are
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o666 & ~umask
 
 
 @pytest.mark.parametrize("bias", ["lora_only", "all"])

@@ -92,6 +92,9 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", newline="") as f:
         f.write(text)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's file is private (0600); the results are an ordinary file
     os.replace(tmp, path)
 
 
