@@ -13,16 +13,13 @@ empty for the learning rates that were not chosen (their models never saw the te
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import os
 import pathlib
 import statistics
 import sys
-import tempfile
 import time
 
 import numpy as np
+from results_csv import write_results  # tools/results_csv.py
 
 from minilora.data import load_sentiment
 from minilora.experiments import (
@@ -87,17 +84,6 @@ def setup_rows(name: str, seeds: list[int]) -> list[dict]:
     return rows
 
 
-def write_atomic(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's file is private (0600); the results are an ordinary file
-    os.replace(tmp, path)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds per learning rate (>= 3)")
@@ -108,12 +94,7 @@ def main() -> None:
     rows = probe_rows(args.seeds)
     for name in SETUPS:
         rows += setup_rows(name, args.seeds)
-    text = io.StringIO()
-    text.write(f"# written by: .venv/bin/python tools/sweep_ch05.py --seeds {' '.join(map(str, args.seeds))}\n")
-    writer = csv.DictWriter(text, FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(OUT, text.getvalue())
+    write_results(OUT, f".venv/bin/python tools/sweep_ch05.py --seeds {' '.join(map(str, args.seeds))}", FIELDS, rows)
     minutes = (time.perf_counter() - t0) / 60
     print(f"wrote {OUT}: {len(rows)} rows in {minutes:.0f} min", file=sys.stderr)
 
