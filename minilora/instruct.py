@@ -51,7 +51,7 @@ __all__ = ["END_OF_TURN", "SYSTEM", "IGNORE_INDEX", "CUT", "end_of_turn_id", "pr
 
 END_OF_TURN = "<|im_end|>"
 #: The system message used in chapter 07, for training and evaluation alike. An empty message keeps
-#: every sequence short; without any, SmolLM2's template inserts its 15-token default one.
+#: every sequence short; without any, SmolLM2's template inserts its default one (16 tokens more).
 SYSTEM = ""
 IGNORE_INDEX = -100
 

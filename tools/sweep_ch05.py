@@ -1,6 +1,6 @@
 """The sweep behind chapter 05's results: every configuration, its learning rates, three seeds.
 
-    .venv/bin/python tools/sweep_ch05.py            # everything: about 35 minutes on 2 cores
+    .venv/bin/python tools/sweep_ch05.py            # everything: 67 minutes on 2 AVX2 cores
     .venv/bin/python tools/sweep_ch05.py --seeds 0 1 2 3 4
 
 For each configuration of ``minilora.experiments.SETUPS`` and each of its ``LEARNING_RATES``, train
@@ -94,7 +94,7 @@ def main() -> None:
     rows = probe_rows(args.seeds)
     for name in SETUPS:
         rows += setup_rows(name, args.seeds)
-    write_results(OUT, f".venv/bin/python tools/sweep_ch05.py --seeds {' '.join(map(str, args.seeds))}", FIELDS, rows)
+    write_results(OUT, f"python tools/sweep_ch05.py --seeds {' '.join(map(str, args.seeds))}", FIELDS, rows)
     minutes = (time.perf_counter() - t0) / 60
     print(f"wrote {OUT}: {len(rows)} rows in {minutes:.0f} min", file=sys.stderr)
 
