@@ -54,7 +54,7 @@ timings: assets
 	$(BIN)/python tools/run_notebooks.py --timings --write-runtimes
 
 notebooks: assets
-	$(BIN)/python tools/run_notebooks.py
+	$(BIN)/python tools/run_notebooks.py --write-runtimes
 
 bench: assets
 	$(BIN)/python benchmarks/bench_vs_peft.py

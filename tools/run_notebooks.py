@@ -5,6 +5,9 @@
     python tools/run_notebooks.py --timings --write-runtimes
                                                  # ... and write the runtimes into README.md's chapter
                                                  # table and into each chapter's title cell (make timings)
+    python tools/run_notebooks.py --write-runtimes
+                                                 # execute every chapter in place and write the runtimes
+                                                 # measured as they ran (make notebooks)
 
 Executing in place is how the notebooks are committed: top to bottom in a fresh kernel, cwd = the
 notebook's folder (as nbval runs them). The stored outputs are then tidied for readers, without
@@ -106,11 +109,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("only", nargs="*", help="chapter numbers, e.g. 05 07 (default: all)")
     ap.add_argument("--timings", action="store_true", help="time the notebooks; do not change their outputs")
-    ap.add_argument("--write-runtimes", action="store_true", help="with --timings: write README and title cells")
+    ap.add_argument("--write-runtimes", action="store_true",
+                    help="write the measured runtimes into README.md and the title cells (every chapter only)")
     ap.add_argument("--no-solutions", action="store_true", help="skip the solution notebooks")
     args = ap.parse_args()
-    if args.write_runtimes and (not args.timings or args.only):
-        raise SystemExit("--write-runtimes needs --timings over every chapter (no chapter numbers).")
+    if args.write_runtimes and (args.only or args.no_solutions):
+        raise SystemExit("--write-runtimes needs every chapter and its solutions: no chapter numbers, "
+                         "no --no-solutions.")
     times = {}
     for nb in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
         num = nb.name[:2]
