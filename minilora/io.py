@@ -40,7 +40,7 @@ from .inject import lora_layers
 from .layers import LoRALinear
 
 __all__ = ["save_adapter", "load_adapter", "get_peft_model_state_dict", "peft_config_dict", "read_adapter_config",
-           "AdapterFileError", "CONFIG_NAME", "WEIGHTS_NAME"]
+           "AdapterFileError", "write_atomic", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -120,7 +120,13 @@ def peft_config_dict(model: nn.Module, adapter_name: str = "default") -> dict:
             "use_dora": False, "rank_pattern": {}, "alpha_pattern": {}}
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` through a temporary file in the same folder and a
+    rename, so that an interrupted write never leaves half a file; the folder is created if needed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(data, str):
+        data = data.encode("utf-8")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -129,7 +135,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private (0600); a saved adapter is an ordinary file
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private (0600); ours is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -145,8 +151,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
     tensors = get_peft_model_state_dict(model, adapter_name)
     config = json.dumps(peft_config_dict(model, adapter_name), indent=2, sort_keys=True) + "\n"
     directory.mkdir(parents=True, exist_ok=True)
-    _write_atomic(directory / WEIGHTS_NAME, safetensors_bytes(tensors, metadata={"format": "pt"}))
-    _write_atomic(directory / CONFIG_NAME, config.encode())
+    write_atomic(directory / WEIGHTS_NAME, safetensors_bytes(tensors, metadata={"format": "pt"}))
+    write_atomic(directory / CONFIG_NAME, config)
     return directory
 
 

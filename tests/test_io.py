@@ -14,7 +14,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import minilora as ml
 from minilora.adapters import list_adapters, set_adapter
-from minilora.io import AdapterFileError, load_adapter, save_adapter
+from minilora.io import AdapterFileError, load_adapter, save_adapter, write_atomic
 from minilora.modules_to_save import ModulesToSaveWrapper
 
 CASES = {  # architecture -> (targets, modules_to_save)
@@ -311,3 +311,30 @@ def test_save_refuses_unknown_adapters(tmp_path, tiny):
         save_adapter(model, tmp_path, "other")
     with pytest.raises(ValueError, match="inject_lora"):
         save_adapter(tiny.bert(), tmp_path)
+
+
+def test_write_atomic_writes_text_or_bytes_into_a_new_folder(tmp_path):
+    path = tmp_path / "new" / "results.csv"
+    write_atomic(path, "a,b\n1,é\n")
+    assert path.read_bytes() == "a,b\n1,é\n".encode()
+    write_atomic(path, b"\x00\x01")
+    assert path.read_bytes() == b"\x00\x01" and os.listdir(path.parent) == ["results.csv"]
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()  # an ordinary file, not mkstemp's private 0600
+
+
+def test_an_interrupted_write_atomic_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "results.csv"
+    write_atomic(path, "old\n")
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(path, "new\n")
+    assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["results.csv"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -24,11 +24,11 @@ from __future__ import annotations
 import argparse
 import calendar
 import json
-import os
 import random
 import sys
-import tempfile
 from pathlib import Path
+
+from minilora.io import write_atomic
 
 SEED = 2024
 OUT = Path(__file__).resolve().parent.parent / "data" / "instructions"
@@ -161,19 +161,6 @@ def to_jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare a fresh build with the files")
@@ -186,7 +173,7 @@ def main() -> int:
         print("up to date" if not bad else f"differs from a fresh build: {bad}")
         return 1 if bad else 0
     for split, rows in splits.items():
-        _write_atomic(OUT / f"{split}.jsonl", to_jsonl(rows))
+        write_atomic(OUT / f"{split}.jsonl", to_jsonl(rows))
         counts = {k: sum(r["skill"] == k for r in rows) for k in SKILLS}
         print(f"{split}: {len(rows)} rows {counts}")
     return 0

@@ -30,15 +30,15 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import random
 import re
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sentiment_pieces as P  # noqa: E402
+
+from minilora.io import write_atomic  # noqa: E402
 
 SEED = 5
 ROOT = Path(__file__).resolve().parents[1]
@@ -355,14 +355,6 @@ def to_csv(rows: list[dict]) -> str:
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def baseline(splits: dict[str, list[dict]], kinds: list[tuple[str, str]]) -> None:

@@ -20,10 +20,8 @@ base model's 120 answers from the answers file, after regenerating some of them 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import sys
-import tempfile
 import time
 
 from results_csv import write_results  # tools/results_csv.py
@@ -33,6 +31,7 @@ import minilora
 from minilora import LoRAConfig, inject_lora
 from minilora.data import length_grouped_batches, load_instructions
 from minilora.instruct import ChatCollator, answer_rows, evaluate_contains, evaluate_exact_match, token_budgets
+from minilora.io import write_atomic
 from minilora.models import load_chat_model
 from minilora.train import fit
 
@@ -101,11 +100,7 @@ def main() -> None:
     out += rows_of("base", "", "", "", 1, "test", score(base, tok, "test", base_answers), 0)
     lines = [json.dumps({"instruction": r["instruction"], "answer": a}) for r, a in
              zip(load_instructions("test"), base_answers)]
-    fd, tmp = tempfile.mkstemp(dir=ANSWERS.parent, prefix=f".{ANSWERS.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, ANSWERS)
+    write_atomic(ANSWERS, "\n".join(lines) + "\n")
     write_results(OUT, "python tools/sweep_ch07.py", FIELDS, out)
     print(f"wrote {OUT}: {len(out)} rows in {(time.perf_counter() - t0) / 60:.0f} min", file=sys.stderr)
 
