@@ -25,6 +25,11 @@ The *active* ones are summed, so with active set :math:`S` a layer computes
   :math:`BA = \sum_i w_i s_i B_i A_i + \sum_{i \ne j} \sqrt{w_i s_i w_j s_j} B_i A_j`: the cross terms
   make it inexact for two or more adapters. All ranks must be equal. It is cheap, and exact for one.
 
+The task-merging types of chapter 11 (``minilora.merging``: TIES, DARE, magnitude pruning) are
+PEFT's too: ``"ties"``, ``"dare_linear"``, ``"dare_ties"`` and ``"magnitude_prune"`` merge the A's and
+the B's as ``"linear"`` does, with the method in place of the weighted sum; the same names ending in
+``"_svd"`` merge the :math:`\Delta W_i` with it and truncate as ``"svd"`` does.
+
 As in PEFT, a single adapter is always combined with ``"linear"`` (exact for one adapter; minilora
 warns when that drops an ``svd_rank``). Each call returns a report with the relative error
 :math:`\|\Delta W_{new} - \sum_i w_i \Delta W_i\|_F / \|\sum_i w_i \Delta W_i\|_F`.
@@ -38,14 +43,18 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import nn
 
+from . import merging
 from .config import LoRAConfig
+from .embedding import LoRAEmbedding
 from .inject import inject_lora, lora_layers, set_module
 from .modules_to_save import ModulesToSaveWrapper
 
 __all__ = ["COMBINATION_TYPES", "list_adapters", "active_adapters", "set_adapter", "add_adapter", "delete_adapter",
            "add_weighted_adapter", "WeightedAdapterReport", "check_not_merged"]
 
-COMBINATION_TYPES = ("svd", "linear", "cat")
+COMBINATION_TYPES = ("svd", "linear", "cat", "ties", "ties_svd", "dare_ties", "dare_linear", "dare_ties_svd",
+                     "dare_linear_svd", "magnitude_prune", "magnitude_prune_svd")
+SAME_RANK_TYPES = ("linear", "ties", "dare_ties", "dare_linear", "magnitude_prune")  # merge A's and B's directly
 
 
 def list_adapters(model: nn.Module) -> list[str]:
@@ -156,27 +165,17 @@ class WeightedAdapterReport(NamedTuple):
     layer_errors: dict[str, float]  # the same, per layer
 
 
-def _new_factors(combination_type: str, parts: list, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A (rank, in) and B (out, rank) of the new adapter, from ``parts`` = [(w, A, B, s), ...]."""
-    if combination_type == "cat":
-        A = torch.cat([w * s * A for w, A, B, s in parts])
-        B = torch.cat([B for w, A, B, s in parts], dim=1)
-        pad = rank - A.shape[0]  # in a layer that some input adapter does not adapt
-        return torch.cat([A, A.new_zeros(pad, A.shape[1])]), torch.cat([B, B.new_zeros(B.shape[0], pad)], dim=1)
-    if combination_type == "linear":
-        signed = [(w * s) ** 0.5 if w * s >= 0 else -((-w * s) ** 0.5) for w, _, _, s in parts]
-        return (sum(c * A for c, (_, A, _, _) in zip(signed, parts)),
-                sum(abs(c) * B for c, (_, _, B, _) in zip(signed, parts)))
-    U, S, Vh = torch.linalg.svd(sum(w * s * (B @ A) for w, A, B, s in parts), full_matrices=False)
-    return Vh[:rank], U[:, :rank] * S[:rank]
-
-
 def add_weighted_adapter(model: nn.Module, adapters: Sequence[str], weights: Sequence[float], adapter_name: str,
-                         combination_type: str = "svd", svd_rank: int | None = None,
+                         combination_type: str = "svd", svd_rank: int | None = None, density: float | None = None,
+                         majority_sign_method: str = "total",
                          modules_to_save_from: str | None = "auto") -> WeightedAdapterReport:
     """Add adapter ``adapter_name`` that combines ``adapters`` with ``weights``, as PEFT's
-    ``add_weighted_adapter`` with ``combination_type`` "svd" (default), "linear" or "cat" (see the
-    module docstring). The new adapter is inactive; the report gives its relative error.
+    ``add_weighted_adapter``: ``combination_type`` "svd" (default), "linear" or "cat" (see the module
+    docstring), or a task-merging method of ``minilora.merging`` (chapter 11). "ties", "dare_linear",
+    "dare_ties" and "magnitude_prune" apply it to the A's and to the B's (same ranks needed); the same
+    names with "_svd" apply it to the ΔW's and truncate by SVD. Those need ``density`` in (0, 1]; the
+    TIES ones also take ``majority_sign_method`` ("total" or "frequency"). The new adapter is inactive;
+    the report gives its relative error against the exact weighted sum.
 
     ``modules_to_save_from`` (minilora only): whose saved modules (e.g. a trained head) the new
     adapter copies. "auto" takes them from the only input that has some; None gives it fresh copies
@@ -191,30 +190,48 @@ def add_weighted_adapter(model: nn.Module, adapters: Sequence[str], weights: Seq
         raise ValueError(f"the model already has an adapter named {adapter_name!r}; choose another name.")
     if combination_type not in COMBINATION_TYPES:
         raise ValueError(f"combination_type must be one of {COMBINATION_TYPES}, got {combination_type!r}.")
+    is_svd = combination_type == "svd" or combination_type.endswith("_svd")
     if svd_rank is not None and (not isinstance(svd_rank, int) or isinstance(svd_rank, bool) or svd_rank < 1):
         raise ValueError(f"svd_rank must be a positive int (or None: the largest input rank), got {svd_rank!r}.")
-    if svd_rank is not None and combination_type != "svd":
-        raise ValueError(f"svd_rank is for combination_type='svd' only; {combination_type!r} has the rank "
-                         + ("of its inputs." if combination_type == "linear" else "sum of its inputs' ranks."))
+    if svd_rank is not None and not is_svd:
+        raise ValueError(f"svd_rank is for the '...svd' combination types only; {combination_type!r} has the rank "
+                         + ("sum of its inputs' ranks." if combination_type == "cat" else "of its inputs."))
+    prunes = combination_type.removesuffix("_svd") not in ("svd", "linear", "cat")
+    if prunes:
+        if density is None:
+            raise ValueError(f"combination_type={combination_type!r} needs density, the fraction of entries to "
+                             "keep, in (0, 1].")
+        density = merging.check_density(density)
+    elif density is not None:
+        raise ValueError(f"density is for the pruning combination types (ties, dare_..., magnitude_prune...); "
+                         f"{combination_type!r} keeps every entry.")
+    if majority_sign_method not in merging.MAJORITY_SIGN_METHODS:
+        raise ValueError(f"majority_sign_method must be one of {merging.MAJORITY_SIGN_METHODS}, "
+                         f"got {majority_sign_method!r}.")
+    if majority_sign_method != "total" and "ties" not in combination_type:
+        raise ValueError(f"majority_sign_method is for the TIES types (ties, ties_svd, dare_ties, dare_ties_svd); "
+                         f"{combination_type!r} elects no sign.")
     check_not_merged(model, "combining adapters")
     configs = [model.peft_config[a] for a in adapters]
     ranks = [c.r for c in configs]
     if len(adapters) == 1 and combination_type != "linear":
-        if svd_rank not in (None, ranks[0]):
+        dropped = [f"svd_rank={svd_rank}"] * (svd_rank not in (None, ranks[0])) + [f"density={density}"] * prunes
+        if dropped:
             warnings.warn(f"with a single adapter, add_weighted_adapter uses combination_type='linear' (exact), as "
-                          f"PEFT does, so svd_rank={svd_rank} is not applied. To compress one adapter, combine it "
-                          "with itself: adapters=[a, a], weights=[w / 2, w / 2].", stacklevel=2)
-        combination_type, svd_rank = "linear", None
-    if combination_type == "linear" and len(set(ranks)) > 1:
-        raise ValueError("combination_type='linear' needs adapters of the same rank, got "
-                         f"{dict(zip(adapters, ranks))}; "
-                         "use 'cat' (exact) or 'svd' instead.")
+                          f"PEFT does, so {' and '.join(dropped)} is not applied. To compress or prune one adapter, "
+                          "combine it with itself: adapters=[a, a], weights=[w / 2, w / 2].", stacklevel=2)
+        combination_type, svd_rank, is_svd = "linear", None, False
+    if combination_type in SAME_RANK_TYPES and len(set(ranks)) > 1:
+        raise ValueError(f"combination_type={combination_type!r} merges the A's and the B's entry by entry, so it "
+                         f"needs adapters of the same rank, got {dict(zip(adapters, ranks))}; use 'cat' (exact), "
+                         f"or {'svd' if combination_type == 'linear' else combination_type + '_svd'!r}, which "
+                         "merges the ΔW's instead.")
     if len({c.bias for c in configs}) > 1:
         raise ValueError(f"the adapters differ in bias ({[c.bias for c in configs]}); combine adapters trained "
                          "with the same bias setting.")
-    new_rank = {"cat": sum(ranks), "linear": ranks[0]}.get(combination_type, svd_rank or max(ranks))
+    new_rank = sum(ranks) if combination_type == "cat" else (svd_rank or max(ranks)) if is_svd else ranks[0]
     layers = [(n, layer) for n, layer in lora_layers(model) if any(a in layer.r for a in adapters)]
-    if combination_type == "svd":
+    if is_svd:
         for n, layer in layers:
             size = min(layer.get_delta_weight(next(a for a in adapters if a in layer.r)).shape)
             if size < new_rank:
@@ -252,8 +269,10 @@ def add_weighted_adapter(model: nn.Module, adapters: Sequence[str], weights: Seq
             parts = [(w, *(t.double() for t in layer.factors(a)), layer.scaling[a]) for a, w in zip(adapters, weights)
                      if a in layer.r]
             target = sum(w * s * (B @ A) for w, A, B, s in parts)
-            A_new, B_new = _new_factors(combination_type, parts, new_rank)
             A, B = layer.factors(adapter_name)
+            A_new, B_new = merging.combine_factors(combination_type, parts, new_rank, density, majority_sign_method,
+                                                   A.dtype, transpose=isinstance(layer, LoRAEmbedding)
+                                                   or getattr(layer, "fan_in_fan_out", False))
             A.copy_(A_new.to(A.dtype))
             B.copy_(B_new.to(B.dtype))
             e2 = float(((B.double() @ A.double()) * layer.scaling[adapter_name] - target).pow(2).sum())
