@@ -1,9 +1,10 @@
 """minilora: the small LoRA library that the course's chapters build, in PEFT's vocabulary.
 
 The most used names are here; each module holds one idea and names the chapter that teaches it:
-``config``, ``inject`` and ``modules_to_save`` (04), ``layers`` and ``embedding`` (02), ``adapters`` and ``io`` (06),
-``counting`` (04), ``memory``, ``measure``, ``quant`` and ``qlora`` (08), ``train`` (03),
-``data`` and ``models`` (05), ``instruct`` (07).
+``layers`` and ``embedding`` (02), ``train`` (03), ``config``, ``inject``, ``modules_to_save`` and
+``counting`` (04), ``data``, ``models`` and ``experiments`` (05), ``adapters`` and ``io`` (06),
+``instruct`` (07), ``memory``, ``measure``, ``quant`` and ``qlora`` (08); ahead of their chapters,
+``analysis`` and ``loraplus`` (09) and ``merging`` (11).
 """
 import os
 import warnings

@@ -150,7 +150,6 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
     directory = Path(directory)
     tensors = get_peft_model_state_dict(model, adapter_name)
     config = json.dumps(peft_config_dict(model, adapter_name), indent=2, sort_keys=True) + "\n"
-    directory.mkdir(parents=True, exist_ok=True)
     write_atomic(directory / WEIGHTS_NAME, safetensors_bytes(tensors, metadata={"format": "pt"}))
     write_atomic(directory / CONFIG_NAME, config)
     return directory

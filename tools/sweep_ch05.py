@@ -21,6 +21,7 @@ import time
 import numpy as np
 from results_csv import write_results  # tools/results_csv.py
 
+from minilora.counting import count_parameters
 from minilora.data import load_sentiment
 from minilora.experiments import (
     LEARNING_RATES,
@@ -51,7 +52,7 @@ def probe_rows(seeds: list[int]) -> list[dict]:
     fits = {C: fit_probe(features, labels, C) for C in PROBE_C}
     best = max(PROBE_C, key=lambda C: (fits[C][1], -C))  # ties: the stronger regularisation
     test = float(fits[best][0].score(features["test"], labels["test"]))
-    total = 22_713_216 - 384 * 384 - 384 + PROBE_TRAINABLE  # the mean-pooling classifier: no pooler
+    total = count_parameters(load_encoder(num_labels=2)[0])  # the classifier the probe stands in for
     return [dict(configuration="linear probe", trainable=PROBE_TRAINABLE,
                  trainable_percent=f"{100 * PROBE_TRAINABLE / total:.4f}", hyperparameter="C", value=f"{C:g}",
                  seed=seed, steps="", validation_accuracy=f"{fits[C][1]:.4f}",
