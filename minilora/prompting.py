@@ -1,0 +1,291 @@
+r"""Prompt tuning and prefix tuning: training what the model attends to, not its weights.  (Chapter 10)
+
+LoRA changes weights. These two methods freeze every weight of a causal LM and learn extra inputs:
+
+* **Prompt tuning** (Lester et al. 2021) learns :math:`n` soft input embeddings
+  :math:`P \in \mathbb{R}^{n \times d}` and prepends them to the token embeddings: the model reads
+  :math:`[P; E(x)]`. The attention mask gains :math:`n` ones in front and the labels :math:`n` times
+  ``-100`` (a virtual token is never predicted). It trains :math:`n d` parameters.
+* **Prefix tuning** (Li & Liang 2021) learns for every layer :math:`l` the keys and values of :math:`n`
+  virtual tokens, :math:`K^p_l, V^p_l \in \mathbb{R}^{n \times d_{kv}}`, handed to the model as its
+  past key/values cache, so each head attends with
+  :math:`\mathrm{softmax}(q [K^p_l; K_l]^\top / \sqrt{d_h}) [V^p_l; V_l]`. The prefix enters after the
+  position encoding (it has no position; the real tokens' positions start at :math:`n`). It trains
+  :math:`n \cdot L \cdot 2 \cdot d_{kv}` parameters, :math:`d_{kv}` = kv_heads × head_dim: with
+  grouped-query attention only the key/value heads get a prefix, 11,520 per virtual token for
+  SmolLM2-135M (30 × 2 × 3 × 64). ``prefix_projection`` reparametrises the prefix as PEFT does,
+  :math:`W_2 \tanh(W_1 E + b_1) + b_2` on an embedding :math:`E \in \mathbb{R}^{n \times d}`.
+
+The configs and the modules' names (``prompt_encoder.<adapter>.embedding``, ``.transform``) are
+PEFT's (``PromptTuningConfig``, ``PrefixTuningConfig``, ``task_type="CAUSAL_LM"``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import warnings
+from dataclasses import KW_ONLY, dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+from transformers import AutoTokenizer, DynamicCache
+
+__all__ = ["PromptTuningConfig", "PrefixTuningConfig", "PromptEmbedding", "PrefixEncoder", "PromptLearningModel",
+           "add_prompt_learning", "fill_from_model"]
+
+
+@dataclass
+class _PromptLearningConfig:
+    num_virtual_tokens: int
+    _: KW_ONLY
+    task_type: str = "CAUSAL_LM"
+    num_layers: int | None = None  # the next four are read from the model's config by fill_from_model
+    token_dim: int | None = None
+    num_attention_heads: int | None = None
+    num_transformer_submodules: int | None = None
+    base_model_name_or_path: str | None = None
+    inference_mode: bool = False  # True once saved: a prefix is then stored already projected
+    peft_type: ClassVar[str]
+
+    def __post_init__(self):
+        n = self.num_virtual_tokens
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"num_virtual_tokens must be a positive integer, got {n!r}.")
+        if self.task_type != "CAUSAL_LM":
+            raise ValueError(f"task_type={self.task_type!r}: minilora's prompt learning is for causal language "
+                             "models (task_type='CAUSAL_LM'); use PEFT for other tasks.")
+        if self.num_transformer_submodules not in (None, 1):
+            raise ValueError("num_transformer_submodules must be 1 for a decoder-only model (2 is for "
+                             f"encoder-decoder models), got {self.num_transformer_submodules!r}.")
+
+    def to_dict(self) -> dict:
+        """The fields under PEFT's names: ``peft.<ConfigClass>(**config.to_dict())`` accepts them."""
+        return {"peft_type": self.peft_type, **dataclasses.asdict(self)}
+
+
+@dataclass
+class PromptTuningConfig(_PromptLearningConfig):
+    """Prompt tuning: ``num_virtual_tokens`` soft embeddings, initialised at random (N(0, 1), as
+    ``nn.Embedding``) or with ``prompt_tuning_init="TEXT"`` from the embeddings of the tokens of
+    ``prompt_tuning_init_text``, repeated or cut to ``num_virtual_tokens``."""
+    peft_type: ClassVar[str] = "PROMPT_TUNING"
+    prompt_tuning_init: str = "RANDOM"
+    prompt_tuning_init_text: str | None = None
+    tokenizer_name_or_path: str | None = None
+    tokenizer_kwargs: dict | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.prompt_tuning_init not in ("RANDOM", "TEXT"):
+            raise ValueError(f"prompt_tuning_init={self.prompt_tuning_init!r}: minilora implements 'RANDOM' and "
+                             "'TEXT'.")
+        if self.prompt_tuning_init == "TEXT" and not (self.tokenizer_name_or_path and self.prompt_tuning_init_text):
+            raise ValueError("prompt_tuning_init='TEXT' needs prompt_tuning_init_text and tokenizer_name_or_path.")
+
+
+@dataclass
+class PrefixTuningConfig(_PromptLearningConfig):
+    """Prefix tuning: per-layer key/value prefixes of ``num_virtual_tokens`` positions; with
+    ``prefix_projection`` through PEFT's MLP of width ``encoder_hidden_size`` (default ``token_dim``)."""
+    peft_type: ClassVar[str] = "PREFIX_TUNING"
+    prefix_projection: bool = False
+    encoder_hidden_size: int | None = None
+
+
+def fill_from_model(config: _PromptLearningConfig, model: nn.Module) -> _PromptLearningConfig:
+    """A copy of ``config`` with the sizes PEFT reads from the model's config: ``num_layers``,
+    ``token_dim`` (hidden size) and ``num_attention_heads``; for a prefix on a grouped-query model
+    ``token_dim`` = kv_heads × head_dim and ``num_attention_heads`` = kv_heads."""
+    mc = model.config
+    d = mc.to_dict()
+    d = d.get("text_config", d)  # a vision-language model: its language model's config
+
+    def read(value, *keys):
+        value = value if value is not None else next((d[k] for k in keys if d.get(k) is not None), None)
+        if value is None:
+            raise ValueError(f"cannot read {keys[0]} from the model's config; set it in the {type(config).__name__}.")
+        return value
+
+    layers = read(config.num_layers if config.num_layers is not None else getattr(mc, "num_hidden_layers", None),
+                  "num_layers", "n_layer")
+    dim = read(config.token_dim, "hidden_size", "n_embd", "d_model")
+    heads = read(config.num_attention_heads, "num_attention_heads", "n_head", "num_heads")
+    if config.peft_type == "PREFIX_TUNING" and "num_key_value_heads" in d:  # grouped-query attention
+        head_dim = d["head_dim"] if d.get("head_dim") is not None else dim // heads
+        heads = d["num_key_value_heads"]
+        dim = head_dim * heads
+    extra = {"encoder_hidden_size": config.encoder_hidden_size or dim} if config.peft_type == "PREFIX_TUNING" else {}
+    name = config.base_model_name_or_path or getattr(mc, "name_or_path", "") or None
+    return dataclasses.replace(config, num_layers=layers, token_dim=dim, num_attention_heads=heads,
+                               num_transformer_submodules=1, base_model_name_or_path=name, **extra)
+
+
+class PromptEmbedding(nn.Module):
+    """The soft prompt, PEFT's module of the same name: ``embedding.weight`` is (n, hidden)."""
+
+    def __init__(self, config: PromptTuningConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        n = config.num_virtual_tokens * config.num_transformer_submodules
+        self.embedding = nn.Embedding(n, config.token_dim)  # (n, hidden)
+        if config.prompt_tuning_init == "TEXT" and not config.inference_mode:
+            kwargs = {k: v for k, v in (config.tokenizer_kwargs or {}).items() if k != "trust_remote_code"}
+            ids = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path, **kwargs)(
+                config.prompt_tuning_init_text)["input_ids"]
+            if not ids:
+                raise ValueError("prompt_tuning_init_text gives no tokens; give a text to start the prompt from.")
+            ids = (ids * math.ceil(n / len(ids)))[:n]  # repeated, then cut to n tokens
+            ids = torch.tensor(ids, dtype=torch.long, device=word_embeddings.weight.device)
+            self.embedding.weight = nn.Parameter(word_embeddings(ids).detach().clone().float())  # (n, hidden)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.embedding(indices)  # (batch, n, hidden)
+
+
+class PrefixEncoder(nn.Module):
+    """The prefixes of every layer, PEFT's module of the same name: (n, layers · 2 · token_dim)."""
+
+    def __init__(self, config: PrefixTuningConfig):
+        super().__init__()
+        n, dim, width = config.num_virtual_tokens, config.token_dim, config.num_layers * 2 * config.token_dim
+        self.prefix_projection = config.prefix_projection and not config.inference_mode
+        if self.prefix_projection:
+            self.embedding = nn.Embedding(n, dim)  # (n, hidden)
+            self.transform = nn.Sequential(nn.Linear(dim, config.encoder_hidden_size), nn.Tanh(),
+                                           nn.Linear(config.encoder_hidden_size, width))
+        else:
+            self.embedding = nn.Embedding(n, width)  # (n, layers · 2 · token_dim)
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        prefix = self.embedding(indices)
+        return self.transform(prefix) if self.prefix_projection else prefix  # (batch, n, layers · 2 · token_dim)
+
+
+class PromptLearningModel(nn.Module):
+    """A frozen causal LM with a trainable soft prompt or prefix in front of every input.
+
+    ``forward`` and ``generate`` take what the base model's take, as PEFT's ``PeftModelForCausalLM``
+    does; attributes it lacks (``config``, ``generation_config``, ...) are the base model's."""
+
+    def __init__(self, model: nn.Module, config: _PromptLearningConfig, adapter_name: str = "default"):
+        super().__init__()
+        if config.peft_type == "PREFIX_TUNING" and any(getattr(m, "gradient_checkpointing", False)
+                                                       for m in model.modules()):
+            raise ValueError("prefix tuning hands the prefix over as a cache, which gradient checkpointing "
+                             "does not keep; call model.gradient_checkpointing_disable() first.")
+        config = fill_from_model(config, model)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.base_model = model
+        self.peft_config = {adapter_name: config}
+        self.active_adapter = adapter_name
+        words = model.get_input_embeddings()
+        encoder = PromptEmbedding(config, words) if config.peft_type == "PROMPT_TUNING" else PrefixEncoder(config)
+        self.prompt_encoder = nn.ModuleDict({adapter_name: encoder.to(words.weight.device)})
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    @property
+    def active_peft_config(self) -> _PromptLearningConfig:
+        return self.peft_config[self.active_adapter]
+
+    def get_prompt(self, batch_size: int) -> torch.Tensor | DynamicCache:
+        """The soft prompt (batch, n, hidden), or the prefix as a cache of (batch, kv_heads, n, head_dim) per layer."""
+        cfg, encoder = self.active_peft_config, self.prompt_encoder[self.active_adapter]
+        tokens = torch.arange(cfg.num_virtual_tokens, device=encoder.embedding.weight.device)[None]  # (1, n)
+        if cfg.peft_type == "PROMPT_TUNING":
+            return encoder(tokens).repeat(batch_size, 1, 1)  # (batch, n, hidden)
+        kv = encoder(tokens.expand(batch_size, -1)).to(self.base_model.dtype)  # (batch, n, layers · 2 · token_dim)
+        kv = kv.view(batch_size, cfg.num_virtual_tokens, cfg.num_layers * 2, cfg.num_attention_heads,
+                     cfg.token_dim // cfg.num_attention_heads)  # (batch, n, layers · 2, kv_heads, head_dim)
+        kv = kv.permute(2, 0, 3, 1, 4)  # (layers · 2, batch, kv_heads, n, head_dim)
+        return DynamicCache(kv.split(2))  # layer l: keys kv[2l], values kv[2l + 1]
+
+    def get_prompt_embedding_to_save(self, adapter_name: str | None = None) -> torch.Tensor:
+        """What the file holds as ``prompt_embeddings``: (n, hidden), or the projected (n, layers · 2 · token_dim)."""
+        encoder = self.prompt_encoder[adapter_name or self.active_adapter]
+        tokens = torch.arange(encoder.embedding.num_embeddings, device=encoder.embedding.weight.device)
+        return encoder(tokens).detach().cpu()
+
+    def _adjust(self, kwargs: dict, warn: bool) -> None:
+        """PEFT's rule for the ids that the virtual tokens shift: a prefix moves the positions by n; prompt
+        tuning drops them (the model then counts from 0 over prompt and input), and token type ids."""
+        if kwargs.get("position_ids") is not None:
+            if self.active_peft_config.peft_type == "PREFIX_TUNING":
+                kwargs["position_ids"] = kwargs["position_ids"] + self.active_peft_config.num_virtual_tokens
+            else:
+                kwargs["position_ids"] = None
+                if warn:
+                    warnings.warn("prompt tuning ignores position_ids, as PEFT does.", stacklevel=3)
+        if kwargs.pop("token_type_ids", None) is not None and warn:
+            warnings.warn("prompt learning ignores token_type_ids, as PEFT does.", stacklevel=3)
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None, **kwargs):
+        cfg, n = self.active_peft_config, self.active_peft_config.num_virtual_tokens
+        if kwargs.get("past_key_values") is not None:
+            raise ValueError("forward always starts from the prompt, so it takes no past_key_values; "
+                             "for step-by-step decoding call generate(...).")
+        batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        if attention_mask is not None:
+            attention_mask = torch.cat((attention_mask.new_ones(batch, n), attention_mask), dim=1)  # (batch, n + len)
+        self._adjust(kwargs, warn=True)
+        if cfg.peft_type == "PREFIX_TUNING":
+            return self.base_model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   labels=labels, past_key_values=self.get_prompt(batch), **kwargs)
+        if inputs_embeds is None:
+            inputs_embeds = self.base_model.get_input_embeddings()(input_ids)  # (batch, len, hidden)
+        if labels is not None:  # the virtual tokens are never predicted
+            labels = torch.cat((labels.new_full((batch, n), -100), labels), dim=1)  # (batch, n + len)
+        prompts = self.get_prompt(batch).to(inputs_embeds.dtype)  # (batch, n, hidden)
+        return self.base_model(inputs_embeds=torch.cat((prompts, inputs_embeds), dim=1),
+                               attention_mask=attention_mask, labels=labels, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        """The base model's ``generate``, with the prompt or prefix put in before the first step."""
+        base = self.base_model
+        own = vars(base).get("prepare_inputs_for_generation")
+        base.prepare_inputs_for_generation = functools.partial(self._prepare_inputs_for_generation,
+                                                               base.prepare_inputs_for_generation)
+        try:
+            return base.generate(*args, **kwargs)
+        finally:
+            if own is None:
+                del base.prepare_inputs_for_generation
+            else:
+                base.prepare_inputs_for_generation = own
+
+    def _prepare_inputs_for_generation(self, prepare, *args, **kwargs):
+        cfg, inputs = self.active_peft_config, prepare(*args, **kwargs)
+        ids, prefix = inputs["input_ids"], cfg.peft_type == "PREFIX_TUNING"
+        if (mask := inputs.get("attention_mask")) is not None:
+            if mask.dim() != 2:
+                raise ValueError("prompt learning extends 2-d attention masks only; use the default dynamic cache.")
+            inputs["attention_mask"] = torch.cat((mask.new_ones(ids.shape[0], cfg.num_virtual_tokens), mask), dim=1)
+        self._adjust(inputs, warn=False)
+        cache = inputs.get("past_key_values")
+        if cache is None or cache.get_seq_length() == 0:  # the first step: the prompt goes in now
+            if prefix:
+                inputs["past_key_values"] = self.get_prompt(ids.shape[0])
+            else:
+                embeds = self.base_model.get_input_embeddings()(ids)  # (batch, len, hidden)
+                prompts = self.get_prompt(ids.shape[0]).to(embeds.dtype)  # (batch, n, hidden)
+                inputs["inputs_embeds"], inputs["input_ids"] = torch.cat((prompts, embeds), dim=1), None
+        return inputs
+
+
+def add_prompt_learning(model: nn.Module, config: _PromptLearningConfig,
+                        adapter_name: str = "default") -> PromptLearningModel:
+    """Wrap ``model`` (a causal LM) for prompt or prefix tuning: the base is frozen, only the prompt trains."""
+    if not isinstance(config, (PromptTuningConfig, PrefixTuningConfig)):
+        raise TypeError(f"expected a PromptTuningConfig or PrefixTuningConfig, got {type(config).__name__}; "
+                        "LoRA configs go to minilora.inject_lora.")
+    if isinstance(model, PromptLearningModel):
+        raise ValueError("this model already has a prompt; wrap the base model (model.base_model) instead.")
+    return PromptLearningModel(model, config, adapter_name)

@@ -1,0 +1,218 @@
+"""minilora.prompting (chapter 10) against PEFT: the same logits, counts and
+generations for prompt tuning and prefix tuning on tiny Llama (grouped-query attention) and GPT-2."""
+import copy
+import json
+import warnings
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from minilora.counting import get_nb_trainable_parameters
+from minilora.models import CHAT_DIR, cached_models
+from minilora.prompting import (
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    add_prompt_learning,
+    fill_from_model,
+)
+
+peft = pytest.importorskip("peft")
+
+N = 3
+METHODS = {"prompt": ("PromptTuningConfig", {}), "prefix": ("PrefixTuningConfig", {}),
+           "prefix_projection": ("PrefixTuningConfig", {"prefix_projection": True})}
+CASES = [(arch, method) for arch in ("llama", "gpt2") for method in METHODS]
+GEN = {"max_new_tokens": 5, "do_sample": False, "pad_token_id": 0}
+
+
+def padded(tiny):
+    """tiny.IDS with the first row left-padded by three pad tokens (id 0), and its attention mask."""
+    ids, mask = tiny.IDS.clone(), torch.ones_like(tiny.IDS)
+    ids[0, :3], mask[0, :3] = 0, 0
+    return ids, mask
+
+
+def both(tiny, arch, method, **kw):
+    """PEFT's prompt-learning model and minilora's, on two copies of one base, with PEFT's (moved) parameters."""
+    cls, extra = METHODS[method]
+    base = tiny.make[arch]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peft.get_peft_model(copy.deepcopy(base), getattr(peft, cls)(
+            task_type="CAUSAL_LM", num_virtual_tokens=N, **extra, **kw))
+    ours_cls = PromptTuningConfig if cls == "PromptTuningConfig" else PrefixTuningConfig
+    ours = add_prompt_learning(base, ours_cls(N, **extra, **kw))
+    tiny.as_if_trained(theirs)  # values that a fresh, equally seeded model does not start from
+    ours.prompt_encoder.load_state_dict(theirs.prompt_encoder.state_dict())
+    return theirs.eval(), ours.eval()
+
+
+def run(model, ids, mask):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100))
+
+
+@pytest.mark.parametrize("arch,method", CASES)
+def test_logits_and_loss_equal_peft_with_padding(tiny, arch, method):
+    theirs, ours = both(tiny, arch, method)
+    ids, mask = padded(tiny)
+    a, b = run(theirs, ids, mask), run(ours, ids, mask)
+    length = ids.shape[1] + (N if method == "prompt" else 0)  # a prefix lives in the cache: no output rows
+    assert b.logits.shape == (2, length, 100)
+    torch.testing.assert_close(b.logits, a.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(b.loss, a.loss, atol=1e-5, rtol=0)
+    plain = run(ours.base_model, ids, mask).logits
+    assert (b.logits[:, -ids.shape[1]:] - plain).abs().max() > 1e-2, "the prompt changes the outputs"
+    unmasked = run(ours, ids, torch.ones_like(mask)).logits  # and without padding
+    torch.testing.assert_close(unmasked, run(theirs, ids, torch.ones_like(mask)).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch,method", CASES)
+def test_counts_and_filled_config_equal_peft(tiny, arch, method):
+    theirs, ours = both(tiny, arch, method)
+    assert get_nb_trainable_parameters(ours) == theirs.get_nb_trainable_parameters()
+    assert {n.split(".")[0] for n, p in ours.named_parameters() if p.requires_grad} == {"prompt_encoder"}
+    cfg, their_cfg = ours.active_peft_config.to_dict(), theirs.peft_config["default"]
+    for key, value in cfg.items():
+        assert getattr(their_cfg, key) == value, key
+    rebuilt = getattr(peft, type(ours.active_peft_config).__name__)(**cfg)
+    assert rebuilt.peft_type == cfg["peft_type"] and rebuilt.num_layers == cfg["num_layers"]
+
+
+def test_prefix_sizes_follow_grouped_query_attention(tiny):
+    llama = fill_from_model(PrefixTuningConfig(N), tiny.llama())  # 4 heads, 2 of them key/value heads, head_dim 8
+    assert (llama.num_layers, llama.token_dim, llama.num_attention_heads, llama.encoder_hidden_size) == (2, 16, 2, 16)
+    gpt2 = fill_from_model(PrefixTuningConfig(N), tiny.gpt2())
+    assert (gpt2.num_layers, gpt2.token_dim, gpt2.num_attention_heads) == (2, 32, 4)
+    assert fill_from_model(PromptTuningConfig(N), tiny.llama()).token_dim == 32  # a soft prompt is hidden-sized
+
+
+SMOLLM2_135M = {"vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "tie_word_embeddings": True}
+
+
+def test_smollm2_prefix_is_11520_parameters_per_virtual_token():
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M))
+    per_token = 30 * 2 * (3 * 64)
+    assert per_token == 11_520
+    for n in (1, 20):
+        prefix = add_prompt_learning(copy.deepcopy(model), PrefixTuningConfig(n))
+        assert get_nb_trainable_parameters(prefix)[0] == n * per_token
+        assert get_nb_trainable_parameters(prefix)[1] == 134_515_008 + n * per_token
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = peft.get_peft_model(model, peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=20))
+    assert theirs.get_nb_trainable_parameters()[0] == 20 * per_token
+    prompt = add_prompt_learning(LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).to("meta"), PromptTuningConfig(20))
+    assert get_nb_trainable_parameters(prompt)[0] == 20 * 576
+
+
+def test_smollm2_values_are_the_cached_models():
+    folder = cached_models()[CHAT_DIR]
+    if folder is None:
+        pytest.skip("SmolLM2-135M-Instruct is not cached here (make assets)")
+    real = json.loads((folder / "config.json").read_text())
+    assert {k: real[k] for k in SMOLLM2_135M} == SMOLLM2_135M
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path):
+    """A word-level tokenizer of 12 words, saved as transformers saves one (ids fit the tiny vocab of 100)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = "the a review is positive negative neutral predict if sentiment of [UNK]".split()
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(tmp_path / "tok")
+    return str(tmp_path / "tok")
+
+
+@pytest.mark.parametrize("text,n", [("predict if the review is positive", 4), ("is positive", 5), ("neutral", 3)])
+def test_text_init_equals_peft(tiny, tokenizer_dir, text, n):
+    kw = {"prompt_tuning_init": "TEXT", "prompt_tuning_init_text": text, "tokenizer_name_or_path": tokenizer_dir}
+    base = tiny.llama()
+    theirs = peft.get_peft_model(copy.deepcopy(base), peft.PromptTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=n, **kw))
+    ours = add_prompt_learning(base, PromptTuningConfig(n, **kw))
+    weight = ours.prompt_encoder["default"].embedding.weight
+    torch.testing.assert_close(weight, theirs.prompt_encoder["default"].embedding.weight, atol=0, rtol=0)
+    ids = [7, 8, 0, 2, 3, 4] if n == 4 else ([3, 4, 3, 4, 3] if n == 5 else [6, 6, 6])  # cut, repeated
+    torch.testing.assert_close(weight, base.get_input_embeddings().weight[ids[:n]], atol=0, rtol=0)
+    assert weight.requires_grad
+
+
+@pytest.mark.parametrize("arch,method", CASES)
+def test_generate_with_left_padding_equals_peft(tiny, arch, method):
+    theirs, ours = both(tiny, arch, method)
+    ids, mask = padded(tiny)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = theirs.generate(input_ids=ids, attention_mask=mask, **GEN)
+    got = ours.generate(input_ids=ids, attention_mask=mask, **GEN)
+    assert torch.equal(got, expected)
+    assert not torch.equal(got, ours.base_model.generate(input_ids=ids, attention_mask=mask, **GEN))
+    assert "prepare_inputs_for_generation" not in vars(ours.base_model), "generate leaves the base model as it was"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_prefix_generation_does_not_depend_on_padding(tiny, arch):
+    _, ours = both(tiny, arch, "prefix")
+    ids, mask = padded(tiny)
+    batch = ours.generate(input_ids=ids, attention_mask=mask, **GEN)[:, -5:]
+    alone = [ours.generate(input_ids=tiny.IDS[:1, 3:], **GEN)[:, -5:], ours.generate(input_ids=tiny.IDS[1:], **GEN)
+             [:, -5:]]
+    assert torch.equal(batch, torch.cat(alone))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_training_moves_only_the_prompt(tiny, method):
+    _, ours = both(tiny, "llama", method)
+    before = {n: p.detach().clone() for n, p in ours.named_parameters()}
+    torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], lr=0.5).zero_grad()
+    ours(input_ids=tiny.IDS, labels=tiny.IDS).loss.backward()
+    torch.optim.SGD([p for p in ours.parameters() if p.requires_grad], lr=0.5).step()
+    moved = {n for n, p in ours.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(n.startswith("prompt_encoder.") for n in moved)
+    assert all(p.grad is None for n, p in ours.named_parameters() if not n.startswith("prompt_encoder."))
+
+
+def test_labels_and_mask_are_extended(tiny):
+    _, ours = both(tiny, "llama", "prompt")
+    seen = {}
+    ours.base_model.register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
+    ids, mask = padded(tiny)
+    ours(input_ids=ids, attention_mask=mask, labels=ids)
+    assert seen["attention_mask"].tolist() == [[1] * N + row for row in mask.tolist()]
+    assert seen["labels"].tolist() == [[-100] * N + row for row in ids.tolist()]
+    assert seen["inputs_embeds"].shape == (2, N + ids.shape[1], 32) and seen.get("input_ids") is None
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"num_virtual_tokens": 0}, "positive integer"),
+    ({"num_virtual_tokens": 2, "task_type": "SEQ_CLS"}, "causal language models"),
+    ({"num_virtual_tokens": 2, "prompt_tuning_init": "TEXT"}, "needs prompt_tuning_init_text"),
+    ({"num_virtual_tokens": 2, "prompt_tuning_init": "SAMPLE_VOCAB"}, "'RANDOM' and 'TEXT'"),
+    ({"num_virtual_tokens": 2, "num_transformer_submodules": 2}, "encoder-decoder"),
+])
+def test_bad_configs_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PromptTuningConfig(**kwargs)
+
+
+def test_bad_calls_are_refused(tiny):
+    from minilora import LoRAConfig
+
+    _, ours = both(tiny, "llama", "prefix")
+    with pytest.raises(ValueError, match="wrap the base model"):
+        add_prompt_learning(ours, PrefixTuningConfig(2))
+    with pytest.raises(TypeError, match="inject_lora"):
+        add_prompt_learning(tiny.llama(), LoRAConfig(r=2))
+    with pytest.raises(ValueError, match="takes no past_key_values"):
+        ours(input_ids=tiny.IDS, past_key_values=ours.get_prompt(2))
+    checkpointed = tiny.llama()
+    checkpointed.gradient_checkpointing_enable()
+    with pytest.raises(ValueError, match="gradient_checkpointing_disable"):
+        add_prompt_learning(checkpointed, PrefixTuningConfig(2))
