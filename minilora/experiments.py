@@ -1,4 +1,4 @@
-r"""A fair fine-tuning experiment: MiniLM on the course's sentiment data.  (Chapter 05; reused in 09)
+r"""A fair fine-tuning experiment: MiniLM on the course's sentiment data.  (Chapter 05; reused in 09 and 11)
 
 A comparison of configurations (a linear probe, LoRA at several ranks and targets, full
 fine-tuning) is fair only if each gets the same treatment and its own best settings:
@@ -18,6 +18,11 @@ fine-tuning) is fair only if each gets the same treatment and its own best setti
 
 ``tools/sweep_ch05.py`` runs the whole sweep and writes ``results/ch05_sweep.csv``; chapter 05 runs
 one seed live and checks that it agrees with the file.
+
+Chapter 11 trains the same protocol on the ``domain`` task (``train_task("domain", ...)``: a 4-way
+head) and, with ``train_multitask``, one adapter on both tasks at once: a shared LoRA body and one
+head per task, the steps alternating between a sentiment batch and a domain batch, so that it sees
+exactly the batches the two single-task runs see together (``2 * STEPS`` steps).
 """
 from __future__ import annotations
 
@@ -31,15 +36,15 @@ from torch import nn
 
 from .config import LoRAConfig
 from .counting import get_nb_trainable_parameters
-from .data import load_sentiment, make_loader
+from .data import TASK_LABELS, TASKS, load_sentiment, make_loader
 from .env import seed_everything
 from .inject import inject_lora
 from .measure import measure_peak_rss
 from .models import load_encoder, mean_pool
 from .train import History, evaluate, fit
 
-__all__ = ["STEPS", "BATCH", "SETUPS", "LEARNING_RATES", "PROBE_C", "SentimentRun", "build_model", "train_sentiment",
-           "accuracy", "sentence_embeddings", "fit_probe"]
+__all__ = ["STEPS", "BATCH", "SETUPS", "LEARNING_RATES", "PROBE_C", "SentimentRun", "MultiTaskRun", "build_model",
+           "train_task", "train_sentiment", "train_multitask", "accuracy", "sentence_embeddings", "fit_probe"]
 
 STEPS = 100  # one epoch of the 1,600 training reviews in batches of 16
 BATCH = 16
@@ -80,37 +85,104 @@ class SentimentRun:
         return self.trainable / self.total
 
 
-def build_model(setup: LoRAConfig | str, seed: int = 0) -> tuple[nn.Module, object]:
-    """``seed_everything(seed)``, a fresh 2-way MiniLM classifier, and the setup applied to it."""
+def build_model(setup: LoRAConfig | str, seed: int = 0, task: str = "sentiment") -> tuple[nn.Module, object]:
+    """``seed_everything(seed)``, a fresh MiniLM classifier for ``task`` and the setup applied to it."""
     if not (isinstance(setup, LoRAConfig) or setup == "full"):
         raise ValueError(f"setup must be a LoRAConfig or 'full', got {setup!r}.")
+    _check_task(task)
     seed_everything(seed)
-    model, tokenizer = load_encoder(num_labels=2)
+    model, tokenizer = load_encoder(num_labels=len(TASK_LABELS[task]))
     if isinstance(setup, LoRAConfig):
         inject_lora(model, setup)
     return model, tokenizer
 
 
-def train_sentiment(setup: LoRAConfig | str, lr: float, seed: int = 0, steps: int = STEPS, name: str = "",
-                    progress: bool = True) -> SentimentRun:
-    """Train one configuration with the chapter's protocol (module docstring) and return the run."""
-    model, tokenizer = build_model(setup, seed)
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(map(repr, TASKS))}.")
+
+
+def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
+
+
+def train_task(task: str, setup: LoRAConfig | str, lr: float, seed: int = 0, steps: int = STEPS, name: str = "",
+               progress: bool = True) -> SentimentRun:
+    """Train one configuration on ``task`` with the chapter's protocol (module docstring)."""
+    model, tokenizer = build_model(setup, seed, task)
     trainable, total = get_nb_trainable_parameters(model)
-    loader = make_loader(load_sentiment("train"), tokenizer, batch_size=BATCH, shuffle=True, seed=seed,
+    loader = make_loader(load_sentiment("train"), tokenizer, task=task, batch_size=BATCH, shuffle=True, seed=seed,
                          group_by_length=True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     with measure_peak_rss() as memory:
-        history = fit(model, loader, optimizer=optimizer, scheduler=schedule, max_grad_norm=1.0,
+        history = fit(model, loader, optimizer=optimizer, scheduler=_schedule(optimizer, steps), max_grad_norm=1.0,
                       epochs=math.ceil(steps / len(loader)), max_steps=steps, name=name, progress=progress)
     return SentimentRun(name, lr, seed, model.eval(), tokenizer, trainable, total, history, memory.delta / 1e6)
 
 
-def accuracy(model: nn.Module, tokenizer, split: str) -> float:
-    """Accuracy on ``"validation"`` or ``"test"`` (batches of 100, shortest reviews first)."""
+def train_sentiment(setup: LoRAConfig | str, lr: float, seed: int = 0, steps: int = STEPS, name: str = "",
+                    progress: bool = True) -> SentimentRun:
+    """``train_task("sentiment", ...)``: chapter 05's experiment."""
+    return train_task("sentiment", setup, lr, seed, steps, name, progress)
+
+
+@dataclass
+class MultiTaskRun:
+    """One adapter trained on every task: the model (its ``classifier`` is the sentiment head) and a head per task."""
+
+    lr: float
+    seed: int
+    model: nn.Module
+    tokenizer: object
+    heads: nn.ModuleDict
+    losses: dict[str, list[float]]
+
+
+def train_multitask(setup: LoRAConfig, lr: float, seed: int = 0, steps: int = 2 * STEPS) -> MultiTaskRun:
+    """One LoRA body for both tasks, a head per task; the steps alternate sentiment, domain, sentiment, ...
+
+    Each task's batches are those of ``train_task(task, ..., seed)``; the optimiser, schedule and
+    clipping are the protocol's. ``setup`` must not list ``modules_to_save``: the heads are here."""
+    if not isinstance(setup, LoRAConfig) or setup.modules_to_save:
+        raise ValueError("train_multitask takes a LoRAConfig without modules_to_save: it trains its own head per "
+                         f"task (run.heads), got {setup!r}.")
+    model, tokenizer = build_model(setup, seed, "sentiment")
+    model.classifier.requires_grad_(True)
+    heads = nn.ModuleDict({"sentiment": model.classifier, "domain": nn.Linear(model.config.hidden_size, len(
+        TASK_LABELS["domain"]))})
+    nn.init.normal_(heads["domain"].weight, std=model.config.initializer_range)
+    nn.init.zeros_(heads["domain"].bias)
+    loaders = {task: make_loader(load_sentiment("train"), tokenizer, task=task, batch_size=BATCH, shuffle=True,
+                                 seed=seed, group_by_length=True) for task in TASKS}
+    params = [p for p in model.parameters() if p.requires_grad] + list(heads["domain"].parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    schedule, losses = _schedule(optimizer, steps), {task: [] for task in TASKS}
+    iterators = {task: iter(()) for task in TASKS}
+    model.train()
+    for step in range(steps):
+        task = TASKS[step % len(TASKS)]
+        batch = next(iterators[task], None)
+        if batch is None:  # a new epoch of this task's batches
+            iterators[task] = iter(loaders[task])
+            batch = next(iterators[task])
+        model.classifier = heads[task]
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        losses[task].append(float(loss.detach()))
+    model.classifier = heads["sentiment"]
+    return MultiTaskRun(lr, seed, model.eval(), tokenizer, heads, losses)
+
+
+def accuracy(model: nn.Module, tokenizer, split: str, task: str = "sentiment") -> float:
+    """Accuracy on ``task`` over ``"validation"`` or ``"test"`` (batches of 100, shortest reviews first)."""
     if split not in ("validation", "test"):
         raise ValueError(f"split must be 'validation' (for choosing) or 'test' (to report), got {split!r}.")
-    loader = make_loader(load_sentiment(split), tokenizer, batch_size=100, group_by_length=True)
+    _check_task(task)
+    loader = make_loader(load_sentiment(split), tokenizer, task=task, batch_size=100, group_by_length=True)
     return evaluate(model, loader)["accuracy"]
 
 

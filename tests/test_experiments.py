@@ -1,9 +1,19 @@
 """minilora.experiments: the chapter 05 protocol is deterministic per seed, and guards its splits."""
 import numpy as np
 import pytest
+import torch
 
 from minilora.config import LoRAConfig
-from minilora.experiments import LEARNING_RATES, SETUPS, accuracy, build_model, fit_probe, train_sentiment
+from minilora.experiments import (
+    LEARNING_RATES,
+    SETUPS,
+    accuracy,
+    build_model,
+    fit_probe,
+    train_multitask,
+    train_sentiment,
+    train_task,
+)
 from minilora.models import AssetsMissing, model_path
 
 
@@ -49,3 +59,27 @@ def test_the_probe_fits_and_reports_validation():
     labels = {"train": y[:100], "validation": y[100:]}
     probe, val = fit_probe(features, labels, C=10.0)
     assert val > 0.9 and probe.score(features["train"], labels["train"]) > 0.9
+
+
+def test_a_domain_run_has_a_four_way_head_and_its_own_labels():
+    setup = LoRAConfig(r=2, lora_alpha=4, target_modules=["query"], modules_to_save=["classifier"])
+    run = train_task("domain", setup, lr=5e-3, seed=1, steps=2, progress=False)
+    assert run.model.classifier.modules_to_save["default"].out_features == 4
+    assert run.trainable == 6 * 2 * (384 + 384) + 384 * 4 + 4
+    with pytest.raises(ValueError, match="unknown task 'topic'"):
+        train_task("topic", setup, lr=5e-3, steps=1)
+
+
+def test_the_multitask_run_alternates_tasks_and_trains_one_body_and_two_heads():
+    setup = LoRAConfig(r=2, lora_alpha=4, target_modules=["query"])
+    fresh, _ = build_model(setup, seed=1)
+    run = train_multitask(setup, lr=5e-3, seed=1, steps=4)
+    again = train_multitask(setup, lr=5e-3, seed=1, steps=4)
+    assert len(run.losses["sentiment"]) == len(run.losses["domain"]) == 2
+    assert run.losses == again.losses  # reproducible for its seed
+    assert run.model.classifier is run.heads["sentiment"] and run.heads["domain"].out_features == 4
+    assert not torch.equal(run.heads["sentiment"].weight, fresh.classifier.weight)  # the heads trained ...
+    layer = run.model.bert.encoder.layer[0].attention.self.query
+    assert layer.lora_B["default"].weight.abs().sum() > 0  # ... and the shared adapter too
+    with pytest.raises(ValueError, match="without modules_to_save"):
+        train_multitask(LoRAConfig(r=2, target_modules=["query"], modules_to_save=["classifier"]), lr=1e-3)

@@ -1,0 +1,169 @@
+"""The sweep behind chapter 11's results: two task adapters, a multi-task adapter, and their merges.
+
+    .venv/bin/python tools/sweep_ch11.py            # everything: about 17 minutes on 2 AVX2 cores
+    .venv/bin/python tools/sweep_ch11.py --seeds 0 1 2 3 4
+
+MiniLM with LoRA r=8 (alpha 16) on query and value, chapter 05's protocol
+(``minilora.experiments``), three ways:
+
+* a **sentiment adapter** and a **domain adapter**, each with its own head (``train_task``);
+* a **multi-task adapter**: one body for both tasks, a head per task, the steps alternating between
+  the two tasks' batches (``train_multitask``: the same batches as the two runs together).
+
+Each is trained at every rate of ``LEARNING_RATES`` with every seed; the rate with the best mean
+validation accuracy (for the multi-task adapter: the mean over both tasks) is chosen, and only its
+models see the test split. Then, for every seed, the chosen sentiment and domain adapters' task
+vectors are merged (``minilora.task_vectors``) and each task is scored with its own head:
+
+* **task arithmetic** ``lambda * (tau_sentiment + tau_domain)`` for each lambda of ``LAMBDAS``;
+* **TIES** and **DARE-TIES** at every (density, lambda) of their grids (DARE's drop seeded by the seed);
+* **heads only**: the pretrained body with each task's head, the floor a merge must beat;
+* **negation**: ``tau_domain - lambda * tau_sentiment``, scored on validation for every lambda and
+  on test at lambda = 1 (no choice is made, so the test split is still used once).
+
+Each merge method's (density,) lambda is chosen on the mean over seeds of the mean validation accuracy
+over both tasks; only the chosen setting is scored on test. Every run is a row of
+``results/ch11_sweep.csv``, whose first line names the command that wrote it.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import statistics
+import sys
+import time
+
+from results_csv import write_results  # tools/results_csv.py
+
+from minilora.config import LoRAConfig
+from minilora.experiments import SETUPS, train_multitask, train_task
+from minilora.models import load_encoder
+from minilora.task_vectors import merge_task_vectors, task_accuracies, task_vector
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+OUT = ROOT / "results" / "ch11_sweep.csv"
+FIELDS = ["method", "lr", "lambda", "density", "seed", "val_sentiment", "val_domain", "test_sentiment",
+          "test_domain", "chosen"]
+SINGLE = SETUPS["LoRA r=8"]  # q, v; r=8, alpha 16; the head in modules_to_save
+MULTI = LoRAConfig(r=8, lora_alpha=16, target_modules=["query", "value"])  # train_multitask trains the heads
+LEARNING_RATES = [1e-3, 2e-3, 5e-3, 1e-2, 2e-2]
+LAMBDAS = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0]
+MERGE_LAMBDAS = [0.5, 1.0, 1.5, 2.0, 2.5]  # TIES' disjoint mean averages where the tasks agree: larger lambdas
+DENSITIES = {"ties": [0.05, 0.1, 0.2, 0.5, 1.0], "dare_ties": [0.01, 0.1, 0.3, 0.5, 0.9]}
+NAMES = {"ties": "TIES", "dare_ties": "DARE-TIES"}
+NEGATION_LAMBDAS = [0.5, 1.0, 1.5, 2.0]
+
+
+def fmt(x) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
+def row(method, seed, val, test=None, lr="", lam="", density="", chosen=0) -> dict:
+    test = test or {}
+    return dict(method=method, lr=lr if lr == "" else f"{lr:g}", **{"lambda": lam if lam == "" else f"{lam:g}"},
+                density=density if density == "" else f"{density:g}", seed=seed,
+                val_sentiment=fmt(val.get("sentiment")), val_domain=fmt(val.get("domain")),
+                test_sentiment=fmt(test.get("sentiment")), test_domain=fmt(test.get("domain")), chosen=chosen)
+
+
+def score(r: dict) -> float:
+    """The choice criterion: the mean validation accuracy over the tasks the row has."""
+    return statistics.mean(float(r[k]) for k in ("val_sentiment", "val_domain") if r[k])
+
+
+def choose(rows: list[dict], keys: tuple[str, ...]) -> tuple:
+    """The setting (values of ``keys``) with the best mean score over seeds; ties: the first in the grid."""
+    settings = list(dict.fromkeys(tuple(r[k] for k in keys) for r in rows))
+    return max(settings, key=lambda s: statistics.mean(score(r) for r in rows if tuple(r[k] for k in keys) == s))
+
+
+def train_rows(base, tokenizer, seeds: list[int]) -> tuple[list[dict], dict]:
+    """Every adapter at every rate and seed; the chosen rate's models scored on test. Returns the rows
+    and, per seed, the chosen adapters' task vectors and heads."""
+    rows, chosen = [], {seed: {} for seed in seeds}
+    for method, task in (("sentiment adapter", "sentiment"), ("domain adapter", "domain"),
+                         ("multi-task adapter", None)):  # None: both tasks
+        mine, runs = [], {}
+        for lr in LEARNING_RATES:
+            for seed in seeds:
+                t = time.perf_counter()
+                if task is None:
+                    run = train_multitask(MULTI, lr, seed)
+                    runs[lr, seed] = (task_vector(run.model), dict(run.heads))
+                else:
+                    run = train_task(task, SINGLE, lr, seed, progress=False)
+                    runs[lr, seed] = (task_vector(run.model), {task: run.model.classifier.modules_to_save["default"]})
+                val = task_accuracies(base, tokenizer, *runs[lr, seed], "validation")  # base + ΔW, the run's head(s)
+                mine.append(row(method, seed, val, lr=lr))
+                print(f"  {method:<18} lr {lr:<7g} seed {seed}: validation "
+                      + ", ".join(f"{k} {v:.1%}" for k, v in val.items()) + f" ({time.perf_counter() - t:.0f} s)",
+                      flush=True)
+        (best,) = choose(mine, ("lr",))
+        for r in mine:
+            if r["lr"] == best:
+                vector, heads = runs[float(best), r["seed"]]
+                test = task_accuracies(base, tokenizer, vector, heads, "test")
+                r.update(test_sentiment=fmt(test.get("sentiment")), test_domain=fmt(test.get("domain")), chosen=1)
+                chosen[r["seed"]][method] = (vector, heads)
+        rows += mine
+    return rows, chosen
+
+
+def merge_rows(base, tokenizer, seeds: list[int], chosen: dict) -> list[dict]:
+    rows = []
+    for seed in seeds:
+        t = time.perf_counter()
+        (ts, hs), (td, hd) = chosen[seed]["sentiment adapter"], chosen[seed]["domain adapter"]
+        heads = {**hs, **hd}
+        val = task_accuracies(base, tokenizer, None, heads, "validation")
+        rows.append(row("heads only", seed, val, task_accuracies(base, tokenizer, None, heads, "test"), chosen=1))
+        for lam in LAMBDAS:
+            merged = merge_task_vectors([ts, td], [lam, lam])
+            rows.append(row("task arithmetic", seed, task_accuracies(base, tokenizer, merged, heads, "validation"),
+                            lam=lam))
+        for kind, densities in DENSITIES.items():
+            for density in densities:
+                for lam in MERGE_LAMBDAS:
+                    merged = merge_task_vectors([ts, td], [lam, lam], kind, density, seed=seed)
+                    rows.append(row(NAMES[kind], seed, task_accuracies(base, tokenizer, merged, heads, "validation"),
+                                    lam=lam, density=density))
+        for lam in NEGATION_LAMBDAS:
+            merged = merge_task_vectors([ts, td], [-lam, 1.0])
+            test = task_accuracies(base, tokenizer, merged, heads, "test") if lam == 1.0 else None
+            rows.append(row("negation", seed, task_accuracies(base, tokenizer, merged, heads, "validation"), test,
+                            lam=-lam, chosen=int(lam == 1.0)))
+        print(f"  merges, seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
+    for method, keys in (("task arithmetic", ("lambda",)), ("TIES", ("density", "lambda")),
+                         ("DARE-TIES", ("density", "lambda"))):
+        mine = [r for r in rows if r["method"] == method]
+        best = choose(mine, keys)
+        for r in mine:
+            if tuple(r[k] for k in keys) == best:  # only the chosen setting sees the test split
+                seed = r["seed"]
+                (ts, hs), (td, hd) = chosen[seed]["sentiment adapter"], chosen[seed]["domain adapter"]
+                lam, density = float(r["lambda"]), float(r["density"]) if r["density"] else None
+                kind = {"task arithmetic": "task_arithmetic", "TIES": "ties", "DARE-TIES": "dare_ties"}[method]
+                merged = merge_task_vectors([ts, td], [lam, lam], kind, density,
+                                            seed=seed if kind != "task_arithmetic" else None)
+                test = task_accuracies(base, tokenizer, merged, {**hs, **hd}, "test")
+                r.update(test_sentiment=fmt(test["sentiment"]), test_domain=fmt(test["domain"]), chosen=1)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds per setting (>= 3)")
+    args = ap.parse_args()
+    if len(set(args.seeds)) < 3:
+        raise SystemExit("give at least three different seeds: the results report mean ± std.")
+    t0 = time.perf_counter()
+    base, tokenizer = load_encoder(num_labels=2)  # the pretrained body every task vector is added to
+    base.eval()
+    rows, chosen = train_rows(base, tokenizer, args.seeds)
+    rows += merge_rows(base, tokenizer, args.seeds, chosen)
+    write_results(OUT, f"python tools/sweep_ch11.py --seeds {' '.join(map(str, args.seeds))}", FIELDS, rows)
+    print(f"wrote {OUT}: {len(rows)} rows in {(time.perf_counter() - t0) / 60:.0f} min", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
