@@ -146,7 +146,11 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
 def save_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = "default") -> Path:
     """Write adapter ``adapter_name`` to ``directory`` in PEFT's format; return the folder.
 
-    Only the adapter is written (kilobytes), never the base model."""
+    Only the adapter is written (kilobytes), never the base model. A prompt- or prefix-tuned model
+    (chapter 10) is written by ``minilora.prompting_io``."""
+    from . import prompting_io  # imported here: prompting_io imports this module
+    if isinstance(model, prompting_io.PromptLearningModel):
+        return prompting_io.save_prompt_adapter(model, directory, adapter_name)
     directory = Path(directory)
     tensors = get_peft_model_state_dict(model, adapter_name)
     config = json.dumps(peft_config_dict(model, adapter_name), indent=2, sort_keys=True) + "\n"
@@ -253,7 +257,11 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
     Injects the LoRA layers if the model does not have this adapter yet (it then stays inactive
     if another adapter is active: choose it with ``set_adapter``), or fills the existing
     adapter of that name. Refuses, naming every key and shape, a file with missing keys, unexpected
-    keys or wrong shapes, and leaves the model as it was."""
+    keys or wrong shapes, and leaves the model as it was. A prompt- or prefix-tuning adapter
+    (chapter 10) returns the base model wrapped with it (``minilora.prompting_io``)."""
+    from . import prompting_io  # imported here: prompting_io imports this module
+    if prompting_io.prompt_peft_type(directory):
+        return prompting_io.load_prompt_adapter(model, directory, adapter_name)
     directory = Path(directory)
     cfg = read_adapter_config(directory)
     found = _read_tensors(directory)

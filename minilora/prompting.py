@@ -16,8 +16,9 @@ LoRA changes weights. These two methods freeze every weight of a causal LM and l
   SmolLM2-135M (30 × 2 × 3 × 64). ``prefix_projection`` reparametrises the prefix as PEFT does,
   :math:`W_2 \tanh(W_1 E + b_1) + b_2` on an embedding :math:`E \in \mathbb{R}^{n \times d}`.
 
-The configs and the modules' names (``prompt_encoder.<adapter>.embedding``, ``.transform``) are
-PEFT's (``PromptTuningConfig``, ``PrefixTuningConfig``, ``task_type="CAUSAL_LM"``).
+The configs, the modules' names (``prompt_encoder.<adapter>.embedding``, ``.transform``) and the files
+are PEFT's (``PromptTuningConfig``, ``PrefixTuningConfig``, ``task_type="CAUSAL_LM"``); ``save_adapter``
+and ``load_adapter`` of ``minilora.io`` read and write them through ``minilora.prompting_io``.
 """
 from __future__ import annotations
 

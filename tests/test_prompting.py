@@ -1,4 +1,4 @@
-"""minilora.prompting (chapter 10) against PEFT: the same logits, counts and
+"""minilora.prompting and prompting_io (chapter 10) against PEFT: the same logits, counts, files and
 generations for prompt tuning and prefix tuning on tiny Llama (grouped-query attention) and GPT-2."""
 import copy
 import json
@@ -6,12 +6,15 @@ import warnings
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from minilora.counting import get_nb_trainable_parameters
+from minilora.io import AdapterFileError, load_adapter, save_adapter
 from minilora.models import CHAT_DIR, cached_models
 from minilora.prompting import (
     PrefixTuningConfig,
+    PromptLearningModel,
     PromptTuningConfig,
     add_prompt_learning,
     fill_from_model,
@@ -145,6 +148,33 @@ def test_text_init_equals_peft(tiny, tokenizer_dir, text, n):
 
 
 @pytest.mark.parametrize("arch,method", CASES)
+def test_minilora_saves_peft_loads(tiny, tmp_path, arch, method):
+    _, ours = both(tiny, arch, method)
+    ids, mask = padded(tiny)
+    save_adapter(ours, tmp_path)
+    assert set(load_file(tmp_path / "adapter_model.safetensors")) == {"prompt_embeddings"}
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert cfg["inference_mode"] is True and cfg["peft_type"] == ours.active_peft_config.peft_type
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = peft.PeftModel.from_pretrained(tiny.make[arch](), tmp_path)
+    torch.testing.assert_close(run(loaded, ids, mask).logits, run(ours, ids, mask).logits, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch,method", CASES)
+def test_peft_saves_minilora_loads(tiny, tmp_path, arch, method):
+    theirs, _ = both(tiny, arch, method)
+    ids, mask = padded(tiny)
+    theirs.save_pretrained(tmp_path)
+    ours = load_adapter(tiny.make[arch](), tmp_path)
+    assert isinstance(ours, PromptLearningModel)
+    torch.testing.assert_close(run(ours, ids, mask).logits, run(theirs, ids, mask).logits, atol=1e-5, rtol=0)
+    save_adapter(ours, tmp_path / "again")  # and round again: the same tensor
+    torch.testing.assert_close(load_file(tmp_path / "again" / "adapter_model.safetensors")["prompt_embeddings"],
+                               load_file(tmp_path / "adapter_model.safetensors")["prompt_embeddings"])
+
+
+@pytest.mark.parametrize("arch,method", CASES)
 def test_generate_with_left_padding_equals_peft(tiny, arch, method):
     theirs, ours = both(tiny, arch, method)
     ids, mask = padded(tiny)
@@ -216,3 +246,53 @@ def test_bad_calls_are_refused(tiny):
     checkpointed.gradient_checkpointing_enable()
     with pytest.raises(ValueError, match="gradient_checkpointing_disable"):
         add_prompt_learning(checkpointed, PrefixTuningConfig(2))
+
+
+def _saved(tiny, tmp_path, arch="gpt2", method="prefix"):
+    _, ours = both(tiny, arch, method)
+    return save_adapter(ours, tmp_path / "adapter")
+
+
+def _refused(model, directory, message):
+    grads = [p.requires_grad for p in model.parameters()]
+    with pytest.raises(AdapterFileError, match=message):
+        load_adapter(model, directory)
+    assert [p.requires_grad for p in model.parameters()] == grads, "a refused load leaves the model as it was"
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_file_from_another_base_model_is_refused(tiny, tmp_path, method):
+    directory = _saved(tiny, tmp_path, "llama", method)
+    wide = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
+                                        num_attention_heads=4, num_key_value_heads=2))
+    _refused(wide, directory, "does not fit this model .*num_layers: file 2, model 3; token_dim: file (16|32), "
+             "model (24|48).* Load it into the model it was trained on")
+
+
+def test_wrong_shapes_and_keys_are_refused(tiny, tmp_path):
+    directory = _saved(tiny, tmp_path)
+    weights = directory / "adapter_model.safetensors"
+    good = load_file(weights)["prompt_embeddings"]
+    save_file({"prompt_embeddings": good[:, :-1].contiguous()}, weights)
+    _refused(tiny.gpt2(), directory, r"has shape \(3, 127\); .* need \(3, 128\)")
+    save_file({"prompt_embeddings": good, "extra": good.clone()}, weights)
+    _refused(tiny.gpt2(), directory, "should hold one tensor")
+    weights.unlink()
+    (directory / "adapter_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(FileNotFoundError, match="pickle"):
+        load_adapter(tiny.gpt2(), directory)
+
+
+def test_unknown_types_and_bad_configs_are_refused(tiny, tmp_path):
+    directory = _saved(tiny, tmp_path)
+    path = directory / "adapter_config.json"
+    cfg = json.loads(path.read_text())
+    path.write_text(json.dumps({**cfg, "peft_type": "P_TUNING"}))
+    _refused(tiny.gpt2(), directory, "peft_type='P_TUNING'")
+    path.write_text(json.dumps({**cfg, "task_type": "SEQ_2_SEQ_LM", "num_transformer_submodules": 2}))
+    _refused(tiny.gpt2(), directory, "not a valid PREFIX_TUNING config")
+    path.write_text(json.dumps({**cfg, "num_virtual_tokens": 4}))
+    _refused(tiny.gpt2(), directory, r"num_virtual_tokens=4 need \(4, 128\)")
+    path.write_text(json.dumps(cfg))
+    wrapped = load_adapter(tiny.gpt2(), directory)
+    _refused(wrapped, directory, "has a prompt already")
