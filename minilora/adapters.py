@@ -213,6 +213,11 @@ def add_weighted_adapter(model: nn.Module, adapters: Sequence[str], weights: Seq
                          f"{combination_type!r} elects no sign.")
     check_not_merged(model, "combining adapters")
     configs = [model.peft_config[a] for a in adapters]
+    dora = [a for a, c in zip(adapters, configs) if c.use_dora]
+    if dora:
+        raise ValueError(f"adapters {dora} use DoRA: their update also rescales each row by a magnitude vector, "
+                         "which no combination of the B A's expresses (PEFT would drop the magnitudes silently). "
+                         "Combine plain LoRA adapters, or merge each DoRA adapter into the weights (merge_adapter).")
     ranks = [c.r for c in configs]
     if len(adapters) == 1 and combination_type != "linear":
         dropped = [f"svd_rank={svd_rank}"] * (svd_rank not in (None, ranks[0])) + [f"density={density}"] * prunes

@@ -15,8 +15,11 @@ The fields are PEFT's ``LoraConfig`` fields, with the same names, meanings and d
 * ``bias``: which biases train too: ``"none"``, ``"all"``, or ``"lora_only"`` (those of adapted layers).
 * ``modules_to_save``: modules trained fully and saved with the adapter, e.g. a new classifier head.
 * ``init_lora_weights``: ``True`` (A kaiming-uniform with a = sqrt 5, B = 0: the layer starts as the
-  base layer), ``"gaussian"`` (A ~ N(0, 1/r^2), B = 0), or ``False`` (B random too: not a no-op,
-  for tests).
+  base layer), ``"gaussian"`` (A ~ N(0, 1/r^2), B = 0), ``False`` (B random too: not a no-op,
+  for tests), or ``"pissa"`` / ``"pissa_niter_K"`` (A and B from the top-r SVD of W, which becomes
+  W - scaling B A: PiSSA, chapter 09, ``minilora.pissa``).
+* ``use_dora``: a magnitude vector per output feature rescales each row of :math:`W_0 + sBA`
+  (DoRA, chapter 09, ``minilora.dora``).
 
 This module is a leaf: it imports nothing from minilora, and ``layers`` builds on it, as in PEFT.
 """
@@ -26,12 +29,14 @@ import math
 import re
 from dataclasses import asdict, dataclass
 
-__all__ = ["LoRAConfig", "DEFAULT_TARGETS", "BIASES", "INIT_LORA_WEIGHTS", "check_lora_args", "lora_scaling",
-           "name_matches", "check_module_spec"]
+__all__ = ["LoRAConfig", "DEFAULT_TARGETS", "BIASES", "INIT_LORA_WEIGHTS", "PISSA_NITER", "check_lora_args",
+           "lora_scaling", "name_matches", "check_module_spec"]
 
 BIASES = ("none", "all", "lora_only")
-#: The values ``init_lora_weights`` may take (PEFT accepts more, e.g. "pissa": chapter 09).
-INIT_LORA_WEIGHTS = (True, False, "gaussian")
+#: The values ``init_lora_weights`` may take, besides ``"pissa_niter_K"`` (K >= 0 an integer, the
+#: subspace iterations of ``torch.svd_lowrank``). PEFT accepts more ("olora", "loftq", ...).
+INIT_LORA_WEIGHTS = (True, False, "gaussian", "pissa")
+PISSA_NITER = re.compile(r"pissa_niter_(\d+)")
 
 #: The usual targets (attention query and value, as in the LoRA paper) per transformers model_type.
 DEFAULT_TARGETS = {
@@ -44,7 +49,7 @@ DEFAULT_TARGETS = {
 
 
 def check_lora_args(r: int, lora_alpha: float, lora_dropout: float, init_lora_weights: bool | str,
-                    use_rslora: bool = False) -> None:
+                    use_rslora: bool = False, use_dora: bool = False) -> None:
     """Raise a ``ValueError`` that says what to pass instead, for any invalid LoRA hyper-parameter."""
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         raise ValueError(f"r must be a positive integer (the rank of the update), got {r!r}.")
@@ -52,11 +57,15 @@ def check_lora_args(r: int, lora_alpha: float, lora_dropout: float, init_lora_we
         raise ValueError(f"lora_alpha must be a positive number (scaling = lora_alpha / r), got {lora_alpha!r}.")
     if not isinstance(lora_dropout, (int, float)) or isinstance(lora_dropout, bool) or not 0.0 <= lora_dropout < 1.0:
         raise ValueError(f"lora_dropout must be a probability in [0, 1), got {lora_dropout!r}.")
-    if not any(init_lora_weights is v or (isinstance(v, str) and init_lora_weights == v) for v in INIT_LORA_WEIGHTS):
-        raise ValueError(f"init_lora_weights must be True (kaiming A, zero B), 'gaussian' or False (random B, "
-                         f"not a no-op), got {init_lora_weights!r}.")
+    if not (any(init_lora_weights is v or (isinstance(v, str) and init_lora_weights == v) for v in INIT_LORA_WEIGHTS)
+            or isinstance(init_lora_weights, str) and PISSA_NITER.fullmatch(init_lora_weights)):
+        raise ValueError(f"init_lora_weights must be True (kaiming A, zero B), 'gaussian', False (random B, not a "
+                         f"no-op), 'pissa' or 'pissa_niter_K' (K an integer, e.g. 'pissa_niter_4'), "
+                         f"got {init_lora_weights!r}.")
     if not isinstance(use_rslora, bool):
         raise ValueError(f"use_rslora must be True or False, got {use_rslora!r}.")
+    if not isinstance(use_dora, bool):
+        raise ValueError(f"use_dora must be True or False, got {use_dora!r}.")
 
 
 def lora_scaling(r: int, lora_alpha: float, use_rslora: bool = False) -> float:
@@ -105,9 +114,11 @@ class LoRAConfig:
     modules_to_save: list[str] | None = None
     use_rslora: bool = False
     init_lora_weights: bool | str = True
+    use_dora: bool = False
 
     def __post_init__(self) -> None:
-        check_lora_args(self.r, self.lora_alpha, self.lora_dropout, self.init_lora_weights, self.use_rslora)
+        check_lora_args(self.r, self.lora_alpha, self.lora_dropout, self.init_lora_weights, self.use_rslora,
+                        self.use_dora)
         if self.bias not in BIASES:
             raise ValueError(f"bias must be one of {BIASES}, got {self.bias!r}.")
         self.target_modules = check_module_spec("target_modules", self.target_modules)

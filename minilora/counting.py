@@ -2,7 +2,9 @@ r"""Counting parameters and bytes exactly, for real architectures, without their
 
 A LoRA adapter on a layer with weight :math:`W \in \mathbb{R}^{d_{out} \times d_{in}}` trains
 :math:`r (d_{in} + d_{out})` numbers, against :math:`d_{in} d_{out}` for the full matrix. Summed
-over the targeted layers that is the whole adapter.
+over the targeted layers that is the whole adapter. DoRA (chapter 09) adds a magnitude per output
+feature: :math:`r (d_{in} + d_{out}) + d_{out}`; PEFT's ``get_nb_trainable_parameters`` counts it as
+trainable, and so does ours.
 
 To count exactly for a 7B or 70B model we build it from its transformers config on PyTorch's
 ``meta`` device: every tensor has a shape but no storage, so a 70B model "loads" in a second and
@@ -118,11 +120,13 @@ def lora_count(model_or_config, config: LoRAConfig, auto_class=None) -> tuple[in
     return get_nb_trainable_parameters(model)
 
 
-def lora_matrix_count(d_in: int, d_out: int, r: int) -> int:
-    """LoRA parameters for one ``d_out x d_in`` matrix: ``r * (d_in + d_out)``."""
+def lora_matrix_count(d_in: int, d_out: int, r: int, use_dora: bool = False) -> int:
+    """LoRA parameters for one ``d_out x d_in`` matrix: ``r * (d_in + d_out)``, plus ``d_out`` with DoRA."""
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (d_in, d_out, r)) or min(d_in, d_out, r) < 1:
         raise ValueError(f"d_in, d_out and r must be positive integers, got {d_in!r}, {d_out!r}, {r!r}.")
-    return r * (d_in + d_out)
+    if not isinstance(use_dora, bool):
+        raise ValueError(f"use_dora must be True or False, got {use_dora!r}.")
+    return r * (d_in + d_out) + (d_out if use_dora else 0)
 
 
 def paper_formula(n_matrices: int, d_model: int, r: int) -> int:

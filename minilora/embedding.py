@@ -46,6 +46,9 @@ class LoRAEmbedding(LoRALayer):
         """Add adapter ``adapter_name`` (A = 0: a no-op at first); activate it with ``set_adapter``."""
         self._check_new(adapter_name, r, lora_alpha, lora_dropout, init_lora_weights, use_rslora,
                         (self.num_embeddings, self.embedding_dim))
+        if isinstance(init_lora_weights, str) and init_lora_weights.startswith("pissa"):
+            raise ValueError("init_lora_weights='pissa' starts from the SVD of a linear weight, not of an embedding "
+                             "table (PEFT refuses it too); use init_lora_weights=True here.")
         if lora_dropout > 0:
             warnings.warn("lora_dropout is not applied to an embedding (as in PEFT); it has no effect here.",
                           stacklevel=2)

@@ -16,6 +16,7 @@ layers back, so the result has no trace of LoRA and runs exactly as fast as the 
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import ExitStack, contextmanager
 from typing import Iterator, Sequence
 
@@ -23,9 +24,11 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .config import DEFAULT_TARGETS, LoRAConfig, name_matches
+from .dora import refuse_dora
 from .embedding import LoRAEmbedding
 from .layers import LoRALayer, LoRALinear
 from .modules_to_save import ModulesToSaveWrapper
+from .pissa import check_pissa, is_pissa
 
 __all__ = ["HEAD_NAMES", "output_head_names", "resolve_targets", "inject_lora",
            "lora_layers", "mark_only_lora_as_trainable", "merge_adapter", "unmerge_adapter", "merge_and_unload",
@@ -132,16 +135,29 @@ def inject_lora(model: nn.Module, config: LoRAConfig, adapter_name: str = "defau
         raise ValueError(f"the model already has an adapter named {adapter_name!r}; choose another name "
                          "or delete it first.")
     targets = resolve_targets(model, config)
+    for name in targets:  # DoRA and PiSSA (chapter 09) are refused before the model changes
+        base = model.get_submodule(name)
+        base = base.base_layer if isinstance(base, LoRALayer) else base
+        if config.use_dora:
+            refuse_dora(base, name)
+        if is_pissa(config.init_lora_weights):
+            dims = (base.in_features, base.out_features) if hasattr(base, "in_features") else tuple(base.weight.shape)
+            check_pissa(base, config.r, dims, name)  # Conv1D's weight is (in, out)
+    if is_pissa(config.init_lora_weights) and configs:
+        warnings.warn(f"PiSSA changes the base weights, so the model's other adapters {list(configs)} no longer "
+                      "compute what they were trained to; use PiSSA alone, or save it converted to a plain LoRA "
+                      "(save_adapter(..., path_initial_model_for_weight_conversion=...)).", stacklevel=2)
     kw = dict(r=config.r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
               init_lora_weights=config.init_lora_weights, use_rslora=config.use_rslora)
+    linear_kw = dict(kw, use_dora=config.use_dora)
     for name in targets:
         module = model.get_submodule(name)
         if isinstance(module, LoRALayer):
-            module.update_layer(adapter_name, **kw)
+            module.update_layer(adapter_name, **(kw if isinstance(module, LoRAEmbedding) else linear_kw))
         elif isinstance(module, nn.Embedding):
             set_module(model, name, LoRAEmbedding(module, adapter_name=adapter_name, **kw))
         else:
-            set_module(model, name, LoRALinear(module, adapter_name=adapter_name, **kw))
+            set_module(model, name, LoRALinear(module, adapter_name=adapter_name, **linear_kw))
     for key in config.modules_to_save or []:
         names = [n for n, _ in model.named_modules() if name_matches(n, [key])
                  and ".modules_to_save." not in n and not n.endswith(".original_module")]

@@ -8,13 +8,18 @@ A folder holds exactly what ``peft.PeftModel.save_pretrained`` writes:
 * ``adapter_config.json``: ``peft_type: "LORA"``, ``r``, ``lora_alpha``, ``lora_dropout``,
   ``target_modules``, ``exclude_modules``, ``bias``, ``use_rslora``, ``modules_to_save``,
   ``fan_in_fan_out`` (True when GPT-2's Conv1D layers are adapted), ``init_lora_weights``,
-  ``inference_mode``, ``use_dora: false``, empty ``rank_pattern`` / ``alpha_pattern``, and where
+  ``inference_mode``, ``use_dora``, empty ``rank_pattern`` / ``alpha_pattern``, and where
   known ``base_model_name_or_path`` and ``task_type``. PEFT fills in its other fields' defaults.
 * ``adapter_model.safetensors`` with PEFT's keys (the adapter name is not in the file):
-  ``base_model.model.<layer>.lora_A.weight`` (r, in), ``.lora_B.weight`` (out, r);
+  ``base_model.model.<layer>.lora_A.weight`` (r, in), ``.lora_B.weight`` (out, r), and with DoRA
+  ``.lora_magnitude_vector`` (out,) (no ``.weight``: PEFT's key, chapter 09);
   ``base_model.model.<embedding>.lora_embedding_A`` (r, vocab), ``.lora_embedding_B`` (dim, r);
   ``base_model.model.<module>.<param>`` for each saved module; and the biases that
   ``bias="lora_only"`` (``<layer>.base_layer.bias``) or ``bias="all"`` train.
+
+A PiSSA adapter (chapter 09) changed its base weights; ``save_adapter(...,
+path_initial_model_for_weight_conversion=folder)`` writes it as a plain rank-2r LoRA relative to the
+original base (``minilora.pissa``), as PEFT's ``save_pretrained`` with that argument does.
 
 Each file is written to a temporary file and then renamed, so an interrupted save never leaves a
 half-written file. Loading reads JSON and safetensors only (nothing is ever unpickled) and checks
@@ -38,6 +43,7 @@ from .config import DEFAULT_TARGETS, LoRAConfig
 from .embedding import LoRAEmbedding
 from .inject import lora_layers
 from .layers import LoRALinear
+from .pissa import is_pissa, pissa_to_lora_config, pissa_to_lora_state_dict
 
 __all__ = ["save_adapter", "load_adapter", "get_peft_model_state_dict", "peft_config_dict", "read_adapter_config",
            "AdapterFileError", "write_atomic", "CONFIG_NAME", "WEIGHTS_NAME"]
@@ -48,7 +54,7 @@ PREFIX = "base_model.model."
 TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForCausalLM": "CAUSAL_LM", "LMHeadModel": "CAUSAL_LM",
               "ForTokenClassification": "TOKEN_CLS", "ForQuestionAnswering": "QUESTION_ANS"}
 # PEFT options that change what the weights mean; minilora refuses files that use them.
-UNSUPPORTED = {"use_dora": (False, None), "rank_pattern": ({}, None), "alpha_pattern": ({}, None),
+UNSUPPORTED = {"rank_pattern": ({}, None), "alpha_pattern": ({}, None),
                "layers_to_transform": (None,), "layer_replication": (None,), "target_parameters": (None, []),
                "trainable_token_indices": (None,), "lora_bias": (False, None), "use_qalora": (False, None),
                "alora_invocation_tokens": (None,)}
@@ -80,6 +86,8 @@ def _adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Ten
             out[f"{PREFIX}{name}.lora_embedding_A"], out[f"{PREFIX}{name}.lora_embedding_B"] = A, B
         else:
             out[f"{PREFIX}{name}.lora_A.weight"], out[f"{PREFIX}{name}.lora_B.weight"] = A, B
+            if adapter_name in layer.lora_magnitude_vector:  # DoRA's m (out,), under PEFT's key
+                out[f"{PREFIX}{name}.lora_magnitude_vector"] = layer.lora_magnitude_vector[adapter_name].weight
         if cfg.bias == "lora_only" and getattr(layer.base_layer, "bias", None) is not None:
             out[f"{PREFIX}{name}.base_layer.bias"] = layer.base_layer.bias
     for name, m in saved:
@@ -117,7 +125,7 @@ def peft_config_dict(model: nn.Module, adapter_name: str = "default") -> dict:
             "exclude_modules": cfg.exclude_modules, "bias": cfg.bias, "use_rslora": cfg.use_rslora,
             "modules_to_save": cfg.modules_to_save, "fan_in_fan_out": fan_in_fan_out,
             "init_lora_weights": cfg.init_lora_weights, "inference_mode": True,
-            "use_dora": False, "rank_pattern": {}, "alpha_pattern": {}}
+            "use_dora": cfg.use_dora, "rank_pattern": {}, "alpha_pattern": {}}
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
@@ -143,17 +151,51 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
         raise
 
 
-def save_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = "default") -> Path:
+def _pissa_to_lora(tensors: dict[str, torch.Tensor], config: dict, initial: Path,
+                   directory: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """The converted tensors and config of a trained PiSSA adapter, given its initial copy in ``initial``."""
+    if not is_pissa(config["init_lora_weights"]):
+        raise ValueError(f"path_initial_model_for_weight_conversion converts a PiSSA adapter, whose base weights "
+                         f"changed; this one has init_lora_weights={config['init_lora_weights']!r} and left the base "
+                         "as it was: save it without path_initial_model_for_weight_conversion.")
+    if initial.resolve() == directory.resolve():
+        raise ValueError(f"{directory} is also path_initial_model_for_weight_conversion; save the converted adapter "
+                         "into another folder, so that the initial copy is not overwritten.")
+    if not (initial / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"no {CONFIG_NAME} in {initial}; path_initial_model_for_weight_conversion must be a "
+                                "folder written by save_adapter right after inject_lora, before training.")
+    init_cfg = json.loads((initial / CONFIG_NAME).read_text())
+    diff = [f"{k}: initial {init_cfg.get(k)!r}, now {config[k]!r}" for k in ("r", "lora_alpha", "use_rslora")
+            if init_cfg.get(k, False) != config[k]]
+    if diff:
+        raise AdapterFileError(f"{initial} holds another adapter ({'; '.join(diff)}); pass the folder saved from this "
+                               "adapter right after inject_lora, before training.")
+    try:
+        tensors = pissa_to_lora_state_dict(tensors, _read_tensors(initial))
+    except ValueError as e:
+        raise AdapterFileError(f"{initial}: {e}") from None
+    return tensors, pissa_to_lora_config(config)
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = "default",
+                 path_initial_model_for_weight_conversion: str | os.PathLike | None = None) -> Path:
     """Write adapter ``adapter_name`` to ``directory`` in PEFT's format; return the folder.
 
-    Only the adapter is written (kilobytes), never the base model. A prompt- or prefix-tuned model
-    (chapter 10) is written by ``minilora.prompting_io``."""
+    Only the adapter is written (kilobytes), never the base model. For a PiSSA adapter,
+    ``path_initial_model_for_weight_conversion`` (PEFT's argument) is a folder where the same adapter
+    was saved right after ``inject_lora``, before training; the adapter is then written as a plain
+    rank-2r LoRA relative to the original base weights, which an untouched base model loads, with
+    minilora or with PEFT (``minilora.pissa``). The initial folder is only read.
+
+    A prompt- or prefix-tuned model (chapter 10) is written by ``minilora.prompting_io``."""
     from . import prompting_io  # imported here: prompting_io imports this module
     if isinstance(model, prompting_io.PromptLearningModel):
         return prompting_io.save_prompt_adapter(model, directory, adapter_name)
     directory = Path(directory)
-    tensors = get_peft_model_state_dict(model, adapter_name)
-    config = json.dumps(peft_config_dict(model, adapter_name), indent=2, sort_keys=True) + "\n"
+    tensors, config = get_peft_model_state_dict(model, adapter_name), peft_config_dict(model, adapter_name)
+    if path_initial_model_for_weight_conversion is not None:
+        tensors, config = _pissa_to_lora(tensors, config, Path(path_initial_model_for_weight_conversion), directory)
+    config = json.dumps(config, indent=2, sort_keys=True) + "\n"
     write_atomic(directory / WEIGHTS_NAME, safetensors_bytes(tensors, metadata={"format": "pt"}))
     write_atomic(directory / CONFIG_NAME, config)
     return directory
@@ -183,8 +225,11 @@ def read_adapter_config(directory: str | os.PathLike) -> dict:
                                    "load this adapter with PEFT.")
     init = cfg.get("init_lora_weights", True)
     if isinstance(init, str) and init.lower().startswith(("pissa", "olora", "corda", "loftq", "lora_ga")):
+        hint = (" Or save it from the trained model with save_adapter(model, folder, path_initial_model_for_weight_"
+                "conversion=<the folder saved at initialisation>): a plain LoRA file that loads here."
+                if is_pissa(init.lower()) else "")
         raise AdapterFileError(f"{path} has init_lora_weights={init!r}: that method changes the base weights too, "
-                               "so the adapter alone does not reproduce the model. Load it with PEFT.")
+                               "so the adapter alone does not reproduce the model. Load it with PEFT." + hint)
     return cfg
 
 
@@ -212,7 +257,7 @@ def _to_lora_config(cfg: dict, model: nn.Module) -> LoRAConfig:
     return LoRAConfig(r=cfg["r"], lora_alpha=cfg["lora_alpha"], lora_dropout=cfg.get("lora_dropout", 0.0),
                       target_modules=cfg.get("target_modules"), exclude_modules=cfg.get("exclude_modules"),
                       bias=cfg.get("bias", "none"), modules_to_save=saved, use_rslora=cfg.get("use_rslora", False),
-                      init_lora_weights=init)
+                      init_lora_weights=init, use_dora=cfg.get("use_dora") or False)
 
 
 def _optional_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
@@ -276,7 +321,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
     if existed:
         have = model.peft_config[adapter_name]
         diff = [f"{f}: model {getattr(have, f)!r}, file {getattr(config, f)!r}"
-                for f in ("r", "lora_alpha", "use_rslora")
+                for f in ("r", "lora_alpha", "use_rslora", "use_dora")
                 if getattr(have, f) != getattr(config, f)]
         if diff:
             raise AdapterFileError(f"the model's adapter {adapter_name!r} differs from the file ({'; '.join(diff)}). "

@@ -21,6 +21,10 @@ As in PEFT, the wrapped layer is ``base_layer``, and every adapter is kept by na
 (r, in) and B (out, r). The output adds the update of every *active* adapter. Seeded alike,
 minilora and PEFT draw the same initial adapters: they create and initialise the tensors in the
 same order. ``LoRALayer`` is the base class that ``minilora.embedding.LoRAEmbedding`` shares.
+
+Chapter 09's variants of a linear layer live in their own modules: ``use_dora=True`` adds a magnitude
+vector per adapter (``lora_magnitude_vector``, ``minilora.dora``), and ``init_lora_weights="pissa"``
+starts A and B from the top-r SVD of the base weight and takes that part out of it (``minilora.pissa``).
 """
 from __future__ import annotations
 
@@ -34,6 +38,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D  # GPT-2's linear layer, weight stored (in, out)
 
 from .config import check_lora_args, lora_scaling
+from .dora import dora_forward, dora_init, dora_merge, dora_unmerge, refuse_dora
+from .pissa import check_pissa, is_pissa, pissa_init
 
 __all__ = ["LoRALayer", "LoRALinear"]
 
@@ -98,7 +104,8 @@ class LoRALayer(nn.Module):
         self.active_adapters = names
         for n in self.adapters:
             for container in self.adapter_layer_names:
-                getattr(self, container)[n].requires_grad_(n in names)
+                if n in getattr(self, container):  # a DoRA magnitude exists for DoRA adapters only
+                    getattr(self, container)[n].requires_grad_(n in names)
 
     def delete_adapter(self, adapter_name: str) -> None:
         """Remove adapter ``adapter_name`` from this layer (unmerge it first if it is merged)."""
@@ -106,7 +113,8 @@ class LoRALayer(nn.Module):
         if adapter_name in self.merged_adapters:
             raise RuntimeError(f"adapter {adapter_name!r} is merged into the weight; unmerge() before deleting it.")
         for container in self.adapter_layer_names + ("lora_dropout",):
-            del getattr(self, container)[adapter_name]
+            if adapter_name in getattr(self, container):
+                del getattr(self, container)[adapter_name]
         for values in (self.r, self.lora_alpha, self.scaling, self.use_rslora):
             del values[adapter_name]
         if adapter_name in self.active_adapters:
@@ -140,8 +148,8 @@ class LoRALayer(nn.Module):
 
     # ----- adding an adapter -----------------------------------------------------------------
     def _check_new(self, name: str, r: int, lora_alpha: float, lora_dropout: float, init_lora_weights,
-                   use_rslora: bool, dims: tuple[int, int]) -> None:
-        check_lora_args(r, lora_alpha, lora_dropout, init_lora_weights, use_rslora)
+                   use_rslora: bool, dims: tuple[int, int], use_dora: bool = False) -> None:
+        check_lora_args(r, lora_alpha, lora_dropout, init_lora_weights, use_rslora, use_dora)
         if not isinstance(name, str) or not name or "." in name:
             raise ValueError(f"an adapter name must be a non-empty string without dots, got {name!r}.")
         if hasattr(nn.ModuleDict(), name):  # adapters are keys of ModuleDicts, whose methods they would shadow
@@ -182,6 +190,14 @@ class LoRALayer(nn.Module):
         """``scaling * B @ A`` in the base layer's own weight layout, so that a merge is ``W += delta``."""
         raise NotImplementedError
 
+    def _merged(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` with adapter ``name`` merged into it (a new tensor)."""
+        return weight + self.get_delta_weight(name).to(weight.dtype)
+
+    def _unmerged(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` with the merged adapter ``name`` taken out again (a new tensor)."""
+        return weight - self.get_delta_weight(name).to(weight.dtype)
+
     def merge(self, safe_merge: bool = False, adapter_names: Sequence[str] | None = None) -> None:
         """Fold the update of each adapter (default: the active ones) into the base weight.
         ``safe_merge`` checks the result for NaN and inf before writing it, as in PEFT."""
@@ -195,10 +211,10 @@ class LoRALayer(nn.Module):
         weight = self._base_weight()
         with torch.no_grad():
             for n in todo:
-                delta = self.get_delta_weight(n).to(weight.dtype)
-                if safe_merge and not torch.isfinite(weight + delta).all():
+                new = self._merged(n, weight)
+                if safe_merge and not torch.isfinite(new).all():
                     raise ValueError(f"NaNs detected in the merged weights. The adapter {n!r} seems to be broken.")
-                weight += delta
+                weight.copy_(new)
                 self.merged_adapters.append(n)
 
     def unmerge(self) -> None:
@@ -209,7 +225,7 @@ class LoRALayer(nn.Module):
         weight = self._base_weight()
         with torch.no_grad():
             while self.merged_adapters:
-                weight -= self.get_delta_weight(self.merged_adapters.pop()).to(weight.dtype)
+                weight.copy_(self._unmerged(self.merged_adapters.pop(), weight))
 
     def extra_repr(self) -> str:
         rs = ", ".join(f"{n}: r={self.r[n]} lora_alpha={self.lora_alpha[n]:g}" for n in self.adapters)
@@ -227,15 +243,18 @@ class LoRALinear(LoRALayer):
             alpha to the first r we try and do not tune it").
         lora_dropout: dropout probability on the LoRA path's input.
         use_rslora: scaling ``lora_alpha / sqrt(r)`` instead (rsLoRA, Kalajdzievski 2023).
-        init_lora_weights: True (A kaiming-uniform, B = 0), "gaussian" (A ~ N(0, 1/r^2), B = 0)
-            or False (B random too: the layer does not start as the base layer).
+        init_lora_weights: True (A kaiming-uniform, B = 0), "gaussian" (A ~ N(0, 1/r^2), B = 0),
+            False (B random too: the layer does not start as the base layer), or "pissa" /
+            "pissa_niter_K" (top-r SVD of the base weight, which becomes the residual: ``minilora.pissa``).
         adapter_name: name of this first adapter; add more with ``update_layer``.
+        use_dora: DoRA, a trainable magnitude per output feature (``minilora.dora``).
     """
 
     adapter_layer_names = ("lora_A", "lora_B")
 
     def __init__(self, base_layer: nn.Module, r: int = 8, lora_alpha: float = 8, lora_dropout: float = 0.0,
-                 use_rslora: bool = False, init_lora_weights: bool | str = True, adapter_name: str = "default"):
+                 use_rslora: bool = False, init_lora_weights: bool | str = True, adapter_name: str = "default",
+                 use_dora: bool = False):
         self.refuse_lora(base_layer)
         if isinstance(base_layer, nn.Linear) or getattr(base_layer, "is_quantized", False):
             fan_in_fan_out, dims = False, (base_layer.in_features, base_layer.out_features)  # weight (out, in)
@@ -249,26 +268,49 @@ class LoRALinear(LoRALayer):
         self.in_features, self.out_features = dims
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
-        self.update_layer(adapter_name, r, lora_alpha, lora_dropout, init_lora_weights, use_rslora)
+        self.lora_magnitude_vector = nn.ModuleDict()  # DoRA's m per adapter (chapter 09)
+        self.update_layer(adapter_name, r, lora_alpha, lora_dropout, init_lora_weights, use_rslora, use_dora)
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: float, lora_dropout: float = 0.0,
-                     init_lora_weights: bool | str = True, use_rslora: bool = False) -> None:
+                     init_lora_weights: bool | str = True, use_rslora: bool = False, use_dora: bool = False) -> None:
         """Add adapter ``adapter_name`` (PEFT's argument order). Only the first adapter of a layer
         starts active; choose others with ``set_adapter``, which also makes them trainable."""
-        self._check_new(adapter_name, r, lora_alpha, lora_dropout, init_lora_weights, use_rslora,
-                        (self.in_features, self.out_features))
+        dims = (self.in_features, self.out_features)
+        self._check_new(adapter_name, r, lora_alpha, lora_dropout, init_lora_weights, use_rslora, dims, use_dora)
+        if use_dora:
+            refuse_dora(self.base_layer)
+        if is_pissa(init_lora_weights):
+            check_pissa(self.base_layer, r, dims)
         kw = self._factory()
         self.lora_dropout[adapter_name] = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.lora_A[adapter_name] = nn.Linear(self.in_features, r, bias=False, **kw)  # weight (r, in)
         self.lora_B[adapter_name] = nn.Linear(r, self.out_features, bias=False, **kw)  # weight (out, r)
-        if init_lora_weights is not False:  # False keeps nn.Linear's random init of both
+        scaling = lora_scaling(r, lora_alpha, use_rslora)
+        if is_pissa(init_lora_weights):  # A, B from the SVD; the base keeps W - s B A
+            pissa_init(self, adapter_name, init_lora_weights, scaling)
+        elif init_lora_weights is not False:  # False keeps nn.Linear's random init of both
             A = self.lora_A[adapter_name].weight
             if init_lora_weights is True:
                 nn.init.kaiming_uniform_(A, a=math.sqrt(5))
             else:  # "gaussian"
                 nn.init.normal_(A, std=1 / r)
             nn.init.zeros_(self.lora_B[adapter_name].weight)
+        if use_dora:  # m = ||W_0 + s B A|| row-wise, after the initialisation (as PEFT)
+            dora_init(self, adapter_name, scaling)
         self._register(adapter_name, r, lora_alpha, use_rslora)
+
+    def _merged(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        if name not in self.lora_magnitude_vector:
+            return super()._merged(name, weight)
+        base = weight.detach().clone()  # the norm is that of the weight without the merged adapters
+        for n in reversed(self.merged_adapters):
+            base = self._unmerged(n, base)
+        return dora_merge(self.lora_magnitude_vector[name], weight, base, self.get_delta_weight(name).to(weight.dtype))
+
+    def _unmerged(self, name: str, weight: torch.Tensor) -> torch.Tensor:
+        if name not in self.lora_magnitude_vector:
+            return super()._unmerged(name, weight)
+        return dora_unmerge(self.lora_magnitude_vector[name], weight, self.get_delta_weight(name).to(weight.dtype))
 
     def get_delta_weight(self, adapter: str | None = None) -> torch.Tensor:
         adapter = self._resolve(adapter)
@@ -279,6 +321,9 @@ class LoRALinear(LoRALayer):
         result = self.base_layer(x)
         for n in self._live_adapters():
             A, B = self.lora_A[n], self.lora_B[n]
+            if n in self.lora_magnitude_vector:  # DoRA
+                result = dora_forward(self, n, x.to(A.weight.dtype), result).to(result.dtype)
+                continue
             h = self.lora_dropout[n](x.to(A.weight.dtype))  # (..., in)
             result = result + (B(A(h)) * self.scaling[n]).to(result.dtype)  # (..., r) -> (..., out)
         return result

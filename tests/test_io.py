@@ -241,7 +241,7 @@ def test_garbage_file_gives_a_clear_error(saved):
 @pytest.mark.parametrize("change, fragment", [
     ({"peft_type": "IA3"}, "peft_type='IA3'; minilora loads LoRA adapters only"),
     ({"peft_type": None}, "peft_type=None"),
-    ({"use_dora": True}, "use_dora=True, which minilora does not implement"),
+    ({"lora_bias": True}, "lora_bias=True, which minilora does not implement"),
     ({"rank_pattern": {"query": 8}}, "rank_pattern="),
     ({"init_lora_weights": "pissa"}, "changes the base weights"),
     ({"r": "four"}, "not a valid LoRA config"),

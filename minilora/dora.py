@@ -1,0 +1,137 @@
+r"""DoRA: a LoRA update split into a magnitude and a direction.  (Chapter 09)
+
+DoRA (Liu et al. 2024, "DoRA: Weight-Decomposed Low-Rank Adaptation", section 4.1) writes the adapted
+weight of a linear layer as a magnitude times a unit direction, row by row (one row per output
+feature, in PEFT's (out, in) layout):
+
+.. math::   W' = m \odot \frac{W_0 + sBA}{\lVert W_0 + sBA \rVert_c}, \qquad m \in \mathbb{R}^{d_{out}},
+
+with :math:`s` the LoRA scaling and :math:`\lVert\cdot\rVert_c` the norm of each row. LoRA trains the
+direction (B, A) and DoRA adds the magnitude :math:`m` (``d_out`` numbers per layer, so an adapter has
+:math:`r (d_{in} + d_{out}) + d_{out}`). :math:`m` starts at :math:`\lVert W_0 + sBA \rVert_c`, which
+is :math:`\lVert W_0 \rVert_c` when B = 0, so the layer starts as the base layer.
+
+Section 4.3: the norm is treated as a constant in the backward pass ("detached"), which saves memory
+and, the paper reports, costs no accuracy. As PEFT's ``DoraLinearLayer``, the output is computed
+without forming :math:`W'`: with :math:`g = m / \lVert W_0 + sBA \rVert_c` (detached) and ``base``
+the base layer's output :math:`W_0 x + b`,
+
+.. math::   W' x + b = \text{base} + (g - 1) \odot (\text{base} - b) + g \odot s B A x .
+
+With dropout while training, the LoRA path sees dropout(x), and :math:`W_0\,\text{dropout}(x)` is
+computed again for the first term, as in PEFT. With several active adapters (stacking), a DoRA
+adapter rescales the output summed so far (base and earlier adapters), as PEFT does; merging agrees.
+
+Merging writes :math:`W \leftarrow g \odot (W + sBA)`, with the norm taken on the base weight without
+any merged adapter. The norm cannot be recomputed from the merged weight, so it is kept (as PEFT
+caches it) and unmerging is :math:`W \leftarrow W / g - sBA`.
+
+In a ``LoRALinear`` the magnitude of adapter ``name`` is ``lora_magnitude_vector[name].weight`` (out,),
+PEFT's name and layout; adapter files hold it under ``<layer>.lora_magnitude_vector``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["DoraLinearLayer", "dora_init", "dora_forward", "dora_merge", "dora_unmerge", "refuse_dora"]
+
+
+def _t(weight: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
+    """(out, in) from a weight stored (in, out) (GPT-2's Conv1D), and back: PEFT's ``transpose``."""
+    return weight.T if fan_in_fan_out else weight
+
+
+def refuse_dora(base_layer: nn.Module, name: str = "this layer") -> None:
+    """Raise a clear error for a base layer minilora's DoRA does not handle."""
+    if getattr(base_layer, "is_quantized", False):
+        raise ValueError(f"use_dora=True on {name}, a quantized (NF4) base: minilora's DoRA needs the full-precision "
+                         "weight for its row norms. Use use_dora=False (QLoRA), or dequantize the base first "
+                         "(LinearNF4.to_linear, chapter 08).")
+    if isinstance(base_layer, nn.Embedding):
+        raise ValueError(f"use_dora=True on {name}, an embedding: minilora implements DoRA for linear layers only. "
+                         "Leave embeddings out of target_modules (or exclude_modules=[...]), or use PEFT.")
+
+
+class DoraLinearLayer(nn.Module):
+    """The magnitude of one DoRA adapter: ``weight`` is m (out,). PEFT's ``DoraLinearLayer``."""
+
+    def __init__(self, fan_in_fan_out: bool) -> None:
+        super().__init__()
+        self.fan_in_fan_out = fan_in_fan_out
+        self.merged_weight_norm: torch.Tensor | None = None  # kept by dora_merge for dora_unmerge; not saved
+
+    def get_weight_norm(self, weight: torch.Tensor, lora_weight: torch.Tensor, scaling: float) -> torch.Tensor:
+        r""":math:`\lVert W + s\,\text{lora\_weight} \rVert_c` (out,): ``weight`` in the base layer's layout,
+        ``lora_weight`` (out, in)."""
+        weight = _t(weight, self.fan_in_fan_out) + scaling * lora_weight  # (out, in)
+        return torch.linalg.norm(weight, dim=1).to(weight.dtype)  # (out,)
+
+    def update_layer(self, *, base_layer: nn.Module, lora_A: torch.Tensor, lora_B: torch.Tensor,
+                     scaling: float) -> None:
+        r"""Create m = :math:`\lVert W_0 + sBA \rVert_c` from the adapter's initial A (r, in) and B (out, r)."""
+        with torch.no_grad():
+            norm = self.get_weight_norm(base_layer.weight.to(lora_A.device), lora_B @ lora_A, scaling)
+        self.weight = nn.Parameter(norm, requires_grad=True)  # (out,)
+
+    def forward(self, x: torch.Tensor, *, lora_A: nn.Module, lora_B: nn.Module, scaling: float,
+                base_layer: nn.Module, base_result: torch.Tensor | None = None) -> torch.Tensor:
+        """What DoRA adds to the output: ``(g - 1) * (base_result - bias) + g * s * B A x``. Without
+        ``base_result`` (dropout in training), ``W_0 x`` is computed from ``x``."""
+        lora_weight = (lora_B.weight @ lora_A.weight).to(x.dtype)  # (out, in)
+        weight = base_layer.weight.to(x.dtype)
+        weight_norm = self.get_weight_norm(weight, lora_weight.detach(), scaling).detach()  # section 4.3
+        mag_norm_scale = (self.weight / weight_norm).view(1, -1)  # g, (1, out)
+        lora_result = lora_B(lora_A(x))  # (..., out)
+        if base_result is not None:
+            if base_layer.bias is not None:
+                base_result = base_result - base_layer.bias
+        else:
+            base_result = F.linear(x, _t(weight, self.fan_in_fan_out))
+        return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
+
+
+def dora_init(layer: nn.Module, name: str, scaling: float) -> None:
+    """Give adapter ``name`` of a ``LoRALinear`` its magnitude, from its initial A and B (PEFT's
+    ``DoraLinearVariant.init``); the layer's first DoRA adapter makes ``lora_magnitude_vector`` one
+    of its ``adapter_layer_names`` (trainable, saved)."""
+    layer.lora_magnitude_vector[name] = DoraLinearLayer(layer.fan_in_fan_out)
+    layer.lora_magnitude_vector[name].update_layer(base_layer=layer.base_layer, lora_A=layer.lora_A[name].weight,
+                                                   lora_B=layer.lora_B[name].weight, scaling=scaling)
+    if "lora_magnitude_vector" not in layer.adapter_layer_names:
+        layer.adapter_layer_names = layer.adapter_layer_names + ("lora_magnitude_vector",)
+
+
+def dora_forward(layer: nn.Module, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+    """``result`` plus the DoRA output of adapter ``name`` of a ``LoRALinear`` (PEFT's
+    ``DoraLinearVariant.forward``): dropout, when it acts, changes the input of both terms."""
+    dropout = layer.lora_dropout[name]
+    if isinstance(dropout, nn.Identity) or not layer.training:
+        base_result = result
+    else:
+        x, base_result = dropout(x), None
+    return result + layer.lora_magnitude_vector[name](
+        x, lora_A=layer.lora_A[name], lora_B=layer.lora_B[name], scaling=layer.scaling[name],
+        base_layer=layer.base_layer, base_result=base_result)
+
+
+def dora_merge(magnitude: DoraLinearLayer, weight: torch.Tensor, base_weight: torch.Tensor,
+               delta: torch.Tensor) -> torch.Tensor:
+    r""":math:`g \odot (W + \Delta)`: the merged weight, in the layout of ``weight``. ``base_weight`` is
+    the weight without any merged adapter and ``delta`` is :math:`sBA` in the same layout; the norm
+    is kept for ``dora_unmerge``."""
+    fan = magnitude.fan_in_fan_out
+    weight_norm = magnitude.get_weight_norm(base_weight, _t(delta, fan), scaling=1).detach()  # (out,)
+    magnitude.merged_weight_norm = weight_norm
+    factor = _t((magnitude.weight / weight_norm).view(-1, 1), fan)  # (out, 1), or (1, out) for Conv1D
+    return (factor * (weight + delta)).to(weight.dtype)
+
+
+def dora_unmerge(magnitude: DoraLinearLayer, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    r""":math:`W / g - \Delta`, with the norm ``dora_merge`` kept: exactly the weight before the merge
+    (up to rounding)."""
+    if magnitude.merged_weight_norm is None:
+        raise RuntimeError("this DoRA adapter was not merged by dora_merge, so its weight norm is unknown.")
+    factor = _t((magnitude.weight / magnitude.merged_weight_norm).view(-1, 1), magnitude.fan_in_fan_out)
+    return (weight / factor - delta).to(weight.dtype)
