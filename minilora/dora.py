@@ -96,11 +96,12 @@ def dora_init(layer: nn.Module, name: str, scaling: float) -> None:
     """Give adapter ``name`` of a ``LoRALinear`` its magnitude, from its initial A and B (PEFT's
     ``DoraLinearVariant.init``); the layer's first DoRA adapter makes ``lora_magnitude_vector`` one
     of its ``adapter_layer_names`` (trainable, saved)."""
+    if "lora_magnitude_vector" not in layer.adapter_layer_names:  # the first DoRA adapter of this layer
+        layer.lora_magnitude_vector = nn.ModuleDict()
+        layer.adapter_layer_names = layer.adapter_layer_names + ("lora_magnitude_vector",)
     layer.lora_magnitude_vector[name] = DoraLinearLayer(layer.fan_in_fan_out)
     layer.lora_magnitude_vector[name].update_layer(base_layer=layer.base_layer, lora_A=layer.lora_A[name].weight,
                                                    lora_B=layer.lora_B[name].weight, scaling=scaling)
-    if "lora_magnitude_vector" not in layer.adapter_layer_names:
-        layer.adapter_layer_names = layer.adapter_layer_names + ("lora_magnitude_vector",)
 
 
 def dora_forward(layer: nn.Module, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:

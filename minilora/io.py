@@ -86,7 +86,7 @@ def _adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Ten
             out[f"{PREFIX}{name}.lora_embedding_A"], out[f"{PREFIX}{name}.lora_embedding_B"] = A, B
         else:
             out[f"{PREFIX}{name}.lora_A.weight"], out[f"{PREFIX}{name}.lora_B.weight"] = A, B
-            if adapter_name in layer.lora_magnitude_vector:  # DoRA's m (out,), under PEFT's key
+            if adapter_name in getattr(layer, "lora_magnitude_vector", ()):  # DoRA's m (out,), under PEFT's key
                 out[f"{PREFIX}{name}.lora_magnitude_vector"] = layer.lora_magnitude_vector[adapter_name].weight
         if cfg.bias == "lora_only" and getattr(layer.base_layer, "bias", None) is not None:
             out[f"{PREFIX}{name}.base_layer.bias"] = layer.base_layer.bias

@@ -267,8 +267,7 @@ class LoRALinear(LoRALayer):
         self.fan_in_fan_out = fan_in_fan_out
         self.in_features, self.out_features = dims
         self.lora_A = nn.ModuleDict()
-        self.lora_B = nn.ModuleDict()
-        self.lora_magnitude_vector = nn.ModuleDict()  # DoRA's m per adapter (chapter 09)
+        self.lora_B = nn.ModuleDict()  # with DoRA also lora_magnitude_vector, made by the first DoRA adapter
         self.update_layer(adapter_name, r, lora_alpha, lora_dropout, init_lora_weights, use_rslora, use_dora)
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: float, lora_dropout: float = 0.0,
@@ -299,8 +298,12 @@ class LoRALinear(LoRALayer):
             dora_init(self, adapter_name, scaling)
         self._register(adapter_name, r, lora_alpha, use_rslora)
 
+    def _is_dora(self, name: str) -> bool:
+        """Whether adapter ``name`` has a DoRA magnitude (``lora_magnitude_vector[name]``)."""
+        return name in getattr(self, "lora_magnitude_vector", ())
+
     def _merged(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        if name not in self.lora_magnitude_vector:
+        if not self._is_dora(name):
             return super()._merged(name, weight)
         base = weight.detach().clone()  # the norm is that of the weight without the merged adapters
         for n in reversed(self.merged_adapters):
@@ -308,7 +311,7 @@ class LoRALinear(LoRALayer):
         return dora_merge(self.lora_magnitude_vector[name], weight, base, self.get_delta_weight(name).to(weight.dtype))
 
     def _unmerged(self, name: str, weight: torch.Tensor) -> torch.Tensor:
-        if name not in self.lora_magnitude_vector:
+        if not self._is_dora(name):
             return super()._unmerged(name, weight)
         return dora_unmerge(self.lora_magnitude_vector[name], weight, self.get_delta_weight(name).to(weight.dtype))
 
@@ -321,7 +324,7 @@ class LoRALinear(LoRALayer):
         result = self.base_layer(x)
         for n in self._live_adapters():
             A, B = self.lora_A[n], self.lora_B[n]
-            if n in self.lora_magnitude_vector:  # DoRA
+            if self._is_dora(n):
                 result = dora_forward(self, n, x.to(A.weight.dtype), result).to(result.dtype)
                 continue
             h = self.lora_dropout[n](x.to(A.weight.dtype))  # (..., in)

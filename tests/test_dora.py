@@ -218,6 +218,8 @@ def test_bad_use_dora_and_a_mismatched_file_are_refused(tiny, tmp_path):
 
 
 def test_magnitude_module_has_peft_names():
+    plain = LoRALinear(nn.Linear(4, 3), r=2)  # the container comes with the first DoRA adapter: reprs unchanged
+    assert "lora_magnitude_vector" not in dict(plain.named_children()) and "magnitude" not in repr(plain)
     layer = LoRALinear(nn.Linear(4, 3), r=2, use_dora=True)
     assert isinstance(layer.lora_magnitude_vector["default"], DoraLinearLayer)
     assert layer.adapter_layer_names == ("lora_A", "lora_B", "lora_magnitude_vector")
