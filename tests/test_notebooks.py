@@ -68,3 +68,13 @@ def test_title_cell_runtimes_equal_the_readme_table():
         m = re.search(r"\*\*Runtime:\*\* ([^*\n]*?) on a 2-core CPU", title)
         assert m, f"{nb.name}: the title cell has no '**Runtime:** ... on a 2-core CPU' line"
         assert m.group(1) == rows[nb.name[:2]], f"{nb.name}: title says {m.group(1)!r}, README {rows[nb.name[:2]]!r}"
+
+
+def test_readme_table_has_a_peak_memory_column_beside_the_runtime():
+    """`make notebooks` writes each chapter's peak memory there ("–" until it has been measured)."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("<!-- runtimes:start -->"):readme.index("<!-- runtimes:end -->")]
+    header = next(line for line in table.splitlines() if line.startswith("| # |"))
+    assert [c.strip() for c in header.split("|")[4:7]] == ["runtime", "peak memory", "solutions"]
+    for m in re.finditer(r"^\| (\d\d) \|(?:[^|]*\|){3}([^|]*)\|", table, re.M):
+        assert re.fullmatch(r"–|\d+(\.\d+)? (MB|GB)", m.group(2).strip()), f"chapter {m.group(1)}: {m.group(2)!r}"

@@ -9,6 +9,10 @@
                                                  # execute every chapter in place and write the runtimes
                                                  # measured as they ran (make notebooks)
 
+Each chapter's peak memory is measured too: the high-water mark of the kernel process's resident set
+(VmHWM in /proc/<pid>/status, read after every cell, Linux only), which is what a laptop must have
+free to run that chapter. --write-runtimes writes it into the README table's "peak memory" column.
+
 Executing in place is how the notebooks are committed: top to bottom in a fresh kernel, cwd = the
 notebook's folder (as nbval runs them). The stored outputs are then tidied for readers, without
 changing what they say: the stream outputs of a cell are merged, stdout where consecutive and stderr
@@ -60,18 +64,41 @@ def tidy_outputs(cell) -> None:
     cell["outputs"] = outputs
 
 
-def execute(path: pathlib.Path, store: bool) -> float:
-    """Run a notebook top to bottom; with ``store``, write it back with tidied outputs. Returns seconds."""
+def peak_rss(pid: int | None) -> int | None:
+    """The peak resident set size of process ``pid`` in bytes (VmHWM), or None where /proc has no such
+    line (macOS, Windows, or the process is gone)."""
+    if pid is None:
+        return None
+    try:
+        status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    m = re.search(r"^VmHWM:\s+(\d+) kB$", status, re.M)
+    return int(m.group(1)) * 1024 if m else None
+
+
+def execute(path: pathlib.Path, store: bool) -> tuple[float, int | None]:
+    """Run a notebook top to bottom in a fresh kernel; with ``store``, write it back with tidied outputs.
+    Returns (seconds, the kernel's peak resident memory in bytes or None where it cannot be read)."""
     nb = nbformat.read(path, as_version=4)
+    peak: list[int] = []
+
+    def after_cell(**_):
+        pid = getattr(getattr(client.km, "provisioner", None), "pid", None)
+        if (rss := peak_rss(pid)) is not None:
+            peak.append(rss)
+
+    client = NotebookClient(nb, timeout=900, kernel_name="python3", on_cell_executed=after_cell,
+                            resources={"metadata": {"path": str(path.parent)}})
     t = time.perf_counter()
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    client.execute()
     seconds = time.perf_counter() - t
     if store:
         for cell in nb.cells:
             if cell.cell_type == "code":
                 tidy_outputs(cell)
         nbformat.write(nb, path)
-    return seconds
+    return seconds, max(peak, default=None)
 
 
 def fmt(seconds: float | None) -> str:
@@ -80,23 +107,39 @@ def fmt(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 100 else f"{seconds / 60:.1f} min"
 
 
-def write_runtimes(times: dict[str, tuple[float, float | None]]) -> None:
-    """Put the measured runtimes into README.md's chapter table and each chapter's title cell."""
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+def fmt_bytes(n: int | None) -> str:
+    """A peak memory as the README shows it: MB below 1 GB (2 significant digits, at least), then GB."""
+    if n is None:
+        return "–"
+    mb = n / 1e6
+    if mb < 1000:
+        return f"{mb:.0f} MB" if mb >= 100 else f"{mb:.2g} MB"
+    return f"{mb / 1000:.1f} GB"
+
+
+def update_table(text: str, times: dict[str, tuple[float, int | None, float | None]]) -> str:
+    """The README text with the runtime, peak memory and solutions columns (the last three) of the
+    chapter table rows in ``times`` replaced; other rows and the rest of the text unchanged."""
     block = text[text.index(START) + len(START):text.index(END)]
     lines = []
     for line in block.strip("\n").splitlines():
         m = re.match(r"^\| (\d\d) \|", line)
         if m and m.group(1) in times:
             cells = line.split("|")
-            t, s = times[m.group(1)]
-            cells[-3], cells[-2] = f" {fmt(t)} ", f" {fmt(s)} "
+            t, mem, s = times[m.group(1)]
+            cells[-4:-1] = f" {fmt(t)} ", f" {fmt_bytes(mem)} ", f" {fmt(s)} "
             line = "|".join(cells)
         lines.append(line)
-    readme.write_text(text.replace(block, "\n" + "\n".join(lines) + "\n"))
-    for num, (t, _) in times.items():
-        path = next(NOTEBOOKS.glob(f"{num}_*.ipynb"))
+    return text.replace(block, "\n" + "\n".join(lines) + "\n")
+
+
+def write_runtimes(times: dict[str, tuple[float, int | None, float | None]], root: pathlib.Path = ROOT) -> None:
+    """Put the measured runtimes and peak memory into README.md's chapter table, and the runtimes into
+    each chapter's title cell. ``times`` maps a chapter number to (seconds, peak bytes, solution seconds)."""
+    readme = root / "README.md"
+    readme.write_text(update_table(readme.read_text(), times))
+    for num, (t, _, _) in times.items():
+        path = next((root / "notebooks").glob(f"{num}_*.ipynb"))
         nb = nbformat.read(path, as_version=4)
         title = nb.cells[0]
         if not RUNTIME.search(title.source):
@@ -122,12 +165,13 @@ def main() -> None:
         if args.only and num not in args.only:
             continue
         sol = NOTEBOOKS / "solutions" / nb.name
-        t_nb = execute(nb, store=not args.timings)
-        t_sol = execute(sol, store=not args.timings) if sol.exists() and not args.no_solutions else None
-        times[num] = (t_nb, t_sol)
-        print(f"{nb.name:<40} {fmt(t_nb):>8}   solutions {fmt(t_sol):>8}", flush=True)
-    print(f"{'all chapters':<40} {fmt(sum(t for t, _ in times.values())):>8}   "
-          f"(+ solutions {fmt(sum(s or 0 for _, s in times.values()))})")
+        t_nb, mem = execute(nb, store=not args.timings)
+        t_sol = execute(sol, store=not args.timings)[0] if sol.exists() and not args.no_solutions else None
+        times[num] = (t_nb, mem, t_sol)
+        print(f"{nb.name:<40} {fmt(t_nb):>8}   peak memory {fmt_bytes(mem):>7}   solutions {fmt(t_sol):>8}",
+              flush=True)
+    print(f"{'all chapters':<40} {fmt(sum(t for t, _, _ in times.values())):>8}   "
+          f"(+ solutions {fmt(sum(s or 0 for _, _, s in times.values()))})")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, Python {sys.version.split()[0]}")
     if args.write_runtimes:
