@@ -3,8 +3,8 @@
 The most used names are here; each module holds one idea and names the chapter that teaches it:
 ``layers`` and ``embedding`` (02), ``train`` (03), ``config``, ``inject``, ``modules_to_save`` and
 ``counting`` (04), ``data``, ``models`` and ``experiments`` (05), ``adapters`` and ``io`` (06),
-``instruct`` (07), ``memory``, ``measure``, ``quant`` and ``qlora`` (08); ahead of their chapters,
-``analysis`` and ``loraplus`` (09) and ``merging`` (11).
+``instruct`` (07), ``memory``, ``measure``, ``quant`` and ``qlora`` (08), ``merging`` and
+``task_vectors`` (11); ahead of their chapter, ``analysis``, ``loraplus``, ``dora`` and ``pissa`` (09).
 """
 import os
 import warnings
