@@ -118,6 +118,8 @@ def peft_config_dict(model: nn.Module, adapter_name: str = "default") -> dict:
     name_or_path = getattr(getattr(model, "config", None), "name_or_path", "") or None
     cls = type(model).__name__
     task = next((t for suffix, t in TASK_TYPES.items() if cls.endswith(suffix)), None)
+    if task in ("SEQ_CLS", "TOKEN_CLS") and not set(cfg.modules_to_save or ()) & {"classifier", "score"}:
+        task = None  # PEFT's classification models expect the head in the file; this adapter leaves it frozen
     fan_in_fan_out = any(isinstance(layer, LoRALinear) and layer.fan_in_fan_out and adapter_name in layer.adapters
                          for _, layer in lora_layers(model))
     return {"peft_type": "LORA", "task_type": task, "base_model_name_or_path": name_or_path,

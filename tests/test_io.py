@@ -14,7 +14,7 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import minilora as ml
 from minilora.adapters import list_adapters, set_adapter
-from minilora.io import AdapterFileError, load_adapter, save_adapter, write_atomic
+from minilora.io import AdapterFileError, load_adapter, read_adapter_config, save_adapter, write_atomic
 from minilora.modules_to_save import ModulesToSaveWrapper
 
 CASES = {  # architecture -> (targets, modules_to_save)
@@ -49,6 +49,15 @@ def test_peft_loads_a_minilora_adapter_with_the_same_outputs(arch, tmp_path, cap
     pm = peft_load_quietly(base, tmp_path, caplog)
     torch.testing.assert_close(tiny.logits(pm), tiny.logits(model), atol=1e-5, rtol=0)
     assert (tiny.logits(model) - tiny.logits(base)).abs().max() > 1e-3  # the adapter acts
+
+
+def test_peft_loads_a_classifier_adapter_that_leaves_the_head_frozen(tmp_path, caplog, tiny):
+    base, model = mine(tiny, "bert", ["query", "value"], None)
+    save_adapter(model, tmp_path)
+    assert read_adapter_config(tmp_path)["task_type"] is None  # SEQ_CLS would make PEFT expect the head
+    pm = peft_load_quietly(base, tmp_path, caplog)
+    torch.testing.assert_close(tiny.logits(pm), tiny.logits(model), atol=1e-7, rtol=0)  # logits of about 0.01
+    assert (tiny.logits(model) - tiny.logits(base)).abs().max() > 1e-4  # the adapter acts (the small head is random)
 
 
 @pytest.mark.parametrize("arch", CASES)
