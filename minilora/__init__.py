@@ -3,7 +3,7 @@
 The most used names are here; each module holds one idea and names the chapter that teaches it:
 ``layers`` and ``embedding`` (02), ``train`` (03), ``config``, ``inject``, ``modules_to_save`` and
 ``counting`` (04), ``data``, ``models`` and ``experiments`` (05), ``adapters`` and ``io`` (06),
-``instruct`` (07), ``memory``, ``measure``, ``quant`` and ``qlora`` (08), ``merging`` and
+``instruct`` (07), ``memory``, ``measure``, ``quant`` and ``qlora`` (08), ``prompting`` (10), ``merging`` and
 ``task_vectors`` (11); ahead of their chapter, ``analysis``, ``loraplus``, ``dora`` and ``pissa`` (09).
 """
 import os
@@ -43,6 +43,7 @@ from .inject import (  # noqa: E402
 )
 from .io import AdapterFileError, load_adapter, save_adapter  # noqa: E402
 from .layers import LoRALayer, LoRALinear  # noqa: E402
+from .prompting import PrefixTuningConfig, PromptTuningConfig, add_prompt_learning  # noqa: E402
 from .qlora import LinearNF4, quantize_model_nf4  # noqa: E402
 from .train import History, evaluate, fit  # noqa: E402
 
@@ -56,5 +57,6 @@ __all__ = [
     "list_adapters", "active_adapters", "set_adapter", "add_adapter", "delete_adapter", "add_weighted_adapter",
     "save_adapter", "load_adapter", "AdapterFileError",
     "LinearNF4", "quantize_model_nf4",
+    "PromptTuningConfig", "PrefixTuningConfig", "add_prompt_learning",
     "fit", "evaluate", "History", "seed_everything",
 ]

@@ -15,6 +15,8 @@ LoRA changes weights. These two methods freeze every weight of a causal LM and l
   grouped-query attention only the key/value heads get a prefix, 11,520 per virtual token for
   SmolLM2-135M (30 × 2 × 3 × 64). ``prefix_projection`` reparametrises the prefix as PEFT does,
   :math:`W_2 \tanh(W_1 E + b_1) + b_2` on an embedding :math:`E \in \mathbb{R}^{n \times d}`.
+  ``init_prefix_from_text`` starts a prefix as Li & Liang's "activations of real words": the keys and values
+  the frozen model computes for a text, so that the model starts as the base model reading that text first.
 
 The configs, the modules' names (``prompt_encoder.<adapter>.embedding``, ``.transform``) and the files
 are PEFT's (``PromptTuningConfig``, ``PrefixTuningConfig``, ``task_type="CAUSAL_LM"``); ``save_adapter``
@@ -34,7 +36,7 @@ from torch import nn
 from transformers import AutoTokenizer, DynamicCache
 
 __all__ = ["PromptTuningConfig", "PrefixTuningConfig", "PromptEmbedding", "PrefixEncoder", "PromptLearningModel",
-           "add_prompt_learning", "fill_from_model"]
+           "add_prompt_learning", "fill_from_model", "init_prefix_from_text"]
 
 
 @dataclass
@@ -290,3 +292,30 @@ def add_prompt_learning(model: nn.Module, config: _PromptLearningConfig,
     if isinstance(model, PromptLearningModel):
         raise ValueError("this model already has a prompt; wrap the base model (model.base_model) instead.")
     return PromptLearningModel(model, config, adapter_name)
+
+
+@torch.no_grad()
+def init_prefix_from_text(model: PromptLearningModel, tokenizer, text: str, adapter_name: str | None = None) -> None:
+    """Set a prefix to the keys and values that the frozen model computes for ``text`` (Li & Liang's
+    initialisation with real words' activations; PEFT has none for prefixes).
+
+    The text's token ids are repeated or cut to ``num_virtual_tokens``, as PEFT's ``TEXT`` initialisation of
+    prompt tuning does, so that the prefixed model starts exactly as the base model reading those tokens first."""
+    name = adapter_name or model.active_adapter
+    if name not in model.peft_config:
+        raise ValueError(f"the model has no adapter named {name!r}; it has {list(model.peft_config)}.")
+    cfg, encoder = model.peft_config[name], model.prompt_encoder[name]
+    if cfg.peft_type != "PREFIX_TUNING" or encoder.prefix_projection:
+        raise ValueError("init_prefix_from_text sets a prefix stored as it is used (PrefixTuningConfig without "
+                         "prefix_projection); for prompt tuning use PromptTuningConfig(prompt_tuning_init='TEXT').")
+    ids = tokenizer(text)["input_ids"]
+    if not ids:
+        raise ValueError("the text gives no tokens; give a text to start the prefix from.")
+    n = cfg.num_virtual_tokens
+    ids = torch.tensor((ids * math.ceil(n / len(ids)))[:n], device=encoder.embedding.weight.device)[None]  # (1, n)
+    cache = model.base_model(input_ids=ids, use_cache=True).past_key_values
+    layers = [(layer.keys, layer.values) for layer in cache.layers]  # each (1, kv_heads, n, head_dim)
+    if len(layers) != cfg.num_layers:
+        raise ValueError(f"the model's cache has {len(layers)} layers, the prefix {cfg.num_layers}.")
+    kv = torch.stack([t[0] for pair in layers for t in pair])  # (layers · 2, kv_heads, n, head_dim)
+    encoder.embedding.weight.copy_(kv.permute(2, 0, 1, 3).reshape(n, -1))  # (n, layers · 2 · kv_heads · head_dim)

@@ -296,3 +296,38 @@ def test_unknown_types_and_bad_configs_are_refused(tiny, tmp_path):
     path.write_text(json.dumps(cfg))
     wrapped = load_adapter(tiny.gpt2(), directory)
     _refused(wrapped, directory, "has a prompt already")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_prefix_from_text_starts_as_the_base_model_reading_the_text(tiny, tokenizer_dir, arch):
+    """init_prefix_from_text: the prefixed model's logits are the base model's on [text ids; input]."""
+    from transformers import AutoTokenizer
+
+    from minilora.prompting import init_prefix_from_text
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    for text, n in [("predict if the review is positive", 4), ("is positive", 5)]:
+        base = tiny.make[arch]().eval()
+        model = add_prompt_learning(base, PrefixTuningConfig(n))
+        init_prefix_from_text(model, tok, text)
+        ids = torch.tensor((tok(text)["input_ids"] * 5)[:n])
+        with torch.no_grad():
+            want = base(input_ids=torch.cat((ids.expand(len(tiny.IDS), -1), tiny.IDS), dim=1)).logits[:, n:]
+            got = model(input_ids=tiny.IDS).logits
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        assert model.prompt_encoder["default"].embedding.weight.requires_grad
+
+
+def test_prefix_from_text_refuses_what_it_cannot_set(tiny, tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    from minilora.prompting import init_prefix_from_text
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    with pytest.raises(ValueError, match="prefix_projection"):
+        init_prefix_from_text(add_prompt_learning(tiny.llama(), PrefixTuningConfig(3, prefix_projection=True)),
+                              tok, "is positive")
+    with pytest.raises(ValueError, match="prompt_tuning_init='TEXT'"):
+        init_prefix_from_text(add_prompt_learning(tiny.llama(), PromptTuningConfig(3)), tok, "is positive")
+    with pytest.raises(ValueError, match="no adapter named 'other'"):
+        init_prefix_from_text(add_prompt_learning(tiny.llama(), PrefixTuningConfig(3)), tok, "is positive", "other")
