@@ -101,3 +101,15 @@ def test_write_runtimes_updates_readme_and_title_cell(tmp_path):
     run_notebooks.write_runtimes({"00": (42.0, 612_000_000, 7.0)}, root=tmp_path)
     assert "| `env.check_environment` | 42 s | 612 MB | 7 s |" in (tmp_path / "README.md").read_text()
     assert "**Runtime:** 42 s on a 2-core CPU." in nbformat.read(nb, as_version=4).cells[0].source
+
+
+def test_update_table_replaces_the_calibration_line_that_make_doctor_reads():
+    doctor_spec = importlib.util.spec_from_file_location("doctor", ROOT / "tools" / "doctor.py")
+    doctor = importlib.util.module_from_spec(doctor_spec)
+    sys.modules["doctor"] = doctor
+    doctor_spec.loader.exec_module(doctor)
+    once = run_notebooks.update_table(README, {}, run_notebooks.calibration_comment(80.04))
+    twice = run_notebooks.update_table(once, {}, run_notebooks.calibration_comment(61.0))
+    assert twice.count("<!-- calibration:") == 1
+    assert doctor.readme_table(twice)["reference_ms"] == 61.0
+    assert run_notebooks.update_table(twice, {"00": (1.0, None, 1.0)}).count("61.0 ms per step") == 1

@@ -11,7 +11,9 @@
 
 Each chapter's peak memory is measured too: the high-water mark of the kernel process's resident set
 (VmHWM in /proc/<pid>/status, read after every cell, Linux only), which is what a laptop must have
-free to run that chapter. --write-runtimes writes it into the README table's "peak memory" column.
+free to run that chapter. --write-runtimes writes it into the README table's "peak memory" column,
+and stores beside the table the result of `make doctor`'s calibration benchmark on this machine,
+which make doctor compares a laptop with to estimate the course's runtime there.
 
 Executing in place is how the notebooks are committed: top to bottom in a fresh kernel, cwd = the
 notebook's folder (as nbval runs them). The stored outputs are then tidied for readers, without
@@ -117,9 +119,11 @@ def fmt_bytes(n: int | None) -> str:
     return f"{mb / 1000:.1f} GB"
 
 
-def update_table(text: str, times: dict[str, tuple[float, int | None, float | None]]) -> str:
+def update_table(text: str, times: dict[str, tuple[float, int | None, float | None]],
+                 calibration: str | None = None) -> str:
     """The README text with the runtime, peak memory and solutions columns (the last three) of the
-    chapter table rows in ``times`` replaced; other rows and the rest of the text unchanged."""
+    chapter table rows in ``times`` replaced; other rows and the rest of the text unchanged. With
+    ``calibration`` (the doctor benchmark's result on this machine), its comment line is written too."""
     block = text[text.index(START) + len(START):text.index(END)]
     lines = []
     for line in block.strip("\n").splitlines():
@@ -129,15 +133,25 @@ def update_table(text: str, times: dict[str, tuple[float, int | None, float | No
             t, mem, s = times[m.group(1)]
             cells[-4:-1] = f" {fmt(t)} ", f" {fmt_bytes(mem)} ", f" {fmt(s)} "
             line = "|".join(cells)
-        lines.append(line)
+        if calibration is None or not line.startswith("<!-- calibration:"):
+            lines.append(line)
+    if calibration is not None:
+        lines.append(calibration)
     return text.replace(block, "\n" + "\n".join(lines) + "\n")
 
 
-def write_runtimes(times: dict[str, tuple[float, int | None, float | None]], root: pathlib.Path = ROOT) -> None:
+def calibration_comment(ms: float) -> str:
+    """The line `make doctor` reads to compare a laptop with the machine that measured the table."""
+    return (f"<!-- calibration: {ms:.1f} ms per step, {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} cores, CPU capability {torch.backends.cpu.get_cpu_capability()} -->")
+
+
+def write_runtimes(times: dict[str, tuple[float, int | None, float | None]], root: pathlib.Path = ROOT,
+                   calibration: str | None = None) -> None:
     """Put the measured runtimes and peak memory into README.md's chapter table, and the runtimes into
     each chapter's title cell. ``times`` maps a chapter number to (seconds, peak bytes, solution seconds)."""
     readme = root / "README.md"
-    readme.write_text(update_table(readme.read_text(), times))
+    readme.write_text(update_table(readme.read_text(), times, calibration))
     for num, (t, _, _) in times.items():
         path = next((root / "notebooks").glob(f"{num}_*.ipynb"))
         nb = nbformat.read(path, as_version=4)
@@ -159,6 +173,13 @@ def main() -> None:
     if args.write_runtimes and (args.only or args.no_solutions):
         raise SystemExit("--write-runtimes needs every chapter and its solutions: no chapter numbers, "
                          "no --no-solutions.")
+    calibration = None
+    if args.write_runtimes:  # make doctor's benchmark, on the same idle machine as the runtimes
+        sys.path.insert(0, str(ROOT / "tools"))
+        from doctor import benchmark
+
+        calibration = calibration_comment(benchmark())
+        print(calibration, flush=True)
     times = {}
     for nb in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
         num = nb.name[:2]
@@ -175,7 +196,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}, Python {sys.version.split()[0]}")
     if args.write_runtimes:
-        write_runtimes(times)
+        write_runtimes(times, calibration=calibration)
         print("README.md and the chapters' title cells updated")
 
 
