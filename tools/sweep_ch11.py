@@ -1,6 +1,6 @@
 """The sweep behind chapter 11's results: two task adapters, a multi-task adapter, and their merges.
 
-    .venv/bin/python tools/sweep_ch11.py            # everything: about 17 minutes on 2 AVX2 cores
+    .venv/bin/python tools/sweep_ch11.py            # everything: 36 minutes on 2 cores (other jobs running)
     .venv/bin/python tools/sweep_ch11.py --seeds 0 1 2 3 4
 
 MiniLM with LoRA r=8 (alpha 16) on query and value, chapter 05's protocol
