@@ -1,0 +1,93 @@
+"""The offline kit (make kit), end to end: build it, then set a laptop up from it with pip --no-index and no
+pip configuration at all, as `make lab KIT=...` does, and run chapter 00 and load both models there.
+
+Slow (a ~1 GB kit, a fresh virtual environment), so it runs from `make test-kit`, not `make test`.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.kit,
+    pytest.mark.skipif(os.environ.get("MINILORA_TEST_KIT") != "1",
+                       reason="slow (builds a 1 GB kit and a virtual environment): run make test-kit"),
+]
+
+
+def offline_env(kit: Path) -> dict:
+    """The environment of a laptop without network: no pip settings from this machine (no extra indexes,
+    no find-links, no configuration files), the kit's models as the cache, no hub."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "MINILORA_", "VIRTUAL_ENV"))}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1",
+               MINILORA_CACHE=str(kit / "models"), HF_HUB_OFFLINE="1")
+    return env
+
+
+def sh(cmd, **kw):
+    print("+", " ".join(map(str, cmd)), flush=True)
+    return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+
+
+def test_a_laptop_sets_up_from_the_kit_with_no_index_and_runs_chapter_00(tmp_path):
+    t0 = time.monotonic()
+    kit = tmp_path / "kit"
+    sh([sys.executable, str(ROOT / "tools" / "make_kit.py"), str(kit)])
+    t_build = time.monotonic() - t0
+    assert {p.name for p in kit.iterdir()} == {"wheels", "models", "course", "README.txt"}
+    assert any(kit.glob("wheels/torch-2.13.0*.whl")) and not any(kit.glob("wheels/minilora-*"))
+    assert (kit / "course" / "notebooks" / "00_welcome.ipynb").exists()
+    assert not (kit / "course" / ".git").exists()
+    size = sum(p.stat().st_size for p in kit.rglob("*") if p.is_file())
+
+    # the laptop: the kit copied to its disk, a new venv, pip with --no-index and the kit's wheels only
+    env = offline_env(kit)
+    course = kit / "course"
+    venv = tmp_path / "laptop-venv"
+    sh([sys.executable, "-m", "venv", str(venv)], env=env)
+    py = str(venv / "bin" / "python")
+    pip = [py, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(kit / "wheels")]
+    sh(pip + ["--upgrade", "pip"], env=env)
+    sh(pip + ["torch==2.13.0"], env=env)
+    sh(pip + ["-e", ".[dev]"], env=env, cwd=course)
+    t_install = time.monotonic() - t0 - t_build
+    check = sh([py, "-m", "pip", "check"], env=env)
+    assert "No broken requirements" in check.stdout
+
+    # chapter 00, executed in that environment's kernel (its set-up check included)
+    out = tmp_path / "00_executed.ipynb"
+    sh([py, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute", "--output", str(out),
+        "--ExecutePreprocessor.timeout=600", "--ExecutePreprocessor.kernel_name=python3",
+        str(course / "notebooks" / "00_welcome.ipynb")], env=env, cwd=course / "notebooks")
+    cells = [c for c in json.loads(out.read_text())["cells"] if c["cell_type"] == "code"]
+    text = "".join("".join(o.get("text", "")) for c in cells for o in c.get("outputs", []))
+    assert "Everything is ready." in text and "set-up ok" in text
+    assert "minilora" in sh([py, "-c", "import minilora, sys; print(minilora.__file__)"], env=env).stdout
+
+    # both models load from the kit's cache, and compute
+    probe = sh([py, "-c", """
+import json, torch
+from minilora.models import load_chat_model, load_encoder, model_path, CHAT_DIR
+enc, tok = load_encoder(num_labels=2)
+with torch.no_grad():
+    logits = enc(**tok(["a fine kit"], return_tensors="pt")).logits
+chat, ctok = load_chat_model()
+ids = ctok("The capital of France is", return_tensors="pt").input_ids
+with torch.no_grad():
+    nxt = chat(ids).logits[0, -1].argmax()
+print(json.dumps({"encoder_logits": list(logits.shape), "chat_params": sum(p.numel() for p in chat.parameters()),
+                  "next_token": ctok.decode(nxt), "chat_path": str(model_path(CHAT_DIR))}))
+"""], env=env, cwd=tmp_path)
+    got = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert got["encoder_logits"] == [1, 2]
+    assert 134e6 < got["chat_params"] < 136e6  # SmolLM2-135M
+    assert Path(got["chat_path"]) == kit / "models" / "SmolLM2-135M-Instruct"
+    print(f"\nkit: {size / 1e9:.2f} GB, built in {t_build:.0f} s, installed offline in {t_install:.0f} s, "
+          f"all in {time.monotonic() - t0:.0f} s; SmolLM2's next token after 'The capital of France is': "
+          f"{got['next_token']!r}")
