@@ -16,7 +16,7 @@ endif
 OUT    ?= kit
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.json
 
-.PHONY: help venv assets lab test test-unit test-notebooks notebooks timings bench doctor kit test-kit test-browser clean
+.PHONY: help venv assets lab test test-unit test-notebooks notebooks timings bench doctor kit test-kit test-browser site clean
 
 help:
 	@echo "make lab     set up .venv, fetch the models, open JupyterLab on notebooks/"
@@ -29,6 +29,7 @@ help:
 	@echo "make kit     an offline kit for a USB stick in ./kit (OUT=folder); then: make lab KIT=folder"
 	@echo "make test-kit    build a kit, install from it with pip --no-index, run chapter 00 there (slow)"
 	@echo "make test-browser  run chapter 00 in JupyterLab in headless Chromium, save a screenshot"
+	@echo "make site    render every chapter and solution with its stored outputs to static HTML in site/"
 
 venv: $(STAMP)
 
@@ -89,6 +90,9 @@ test-kit: assets
 test-browser: assets $(LAB_SETTINGS)
 	MINILORA_REQUIRE_BROWSER=1 MINILORA_SCREENSHOT=docs/jupyterlab-chapter00.png \
 	  $(BIN)/python -m pytest tests/test_browser.py -q -p no:cacheprovider -rs -s
+
+site: venv
+	$(BIN)/python tools/make_site.py site --solutions
 
 clean:
 	rm -rf $(VENV) .pytest_cache
