@@ -1,4 +1,8 @@
-"""The GitHub workflow for forks: actionlint finds nothing, and it runs what .ci/run runs."""
+"""The GitHub workflow for forks: yamllint and actionlint find nothing, and it runs what .ci/run runs.
+
+yamllint (a dev dependency) always runs; actionlint, which checks GitHub's own schema and expressions,
+runs where it is installed: the workflow installs it, since its package fetches a binary from GitHub.
+"""
 
 import shutil
 import subprocess
@@ -28,6 +32,24 @@ def workflow() -> dict:
 def run_lines() -> list[str]:
     steps = [step for job in workflow()["jobs"].values() for step in job["steps"]]
     return [line.strip() for step in steps for line in step.get("run", "").splitlines()]
+
+
+YAMLLINT = ("{extends: default, rules: {line-length: {max: 120}, document-start: disable, "
+            "truthy: {check-keys: false}}}")  # `on:` is a key of GitHub's, not a boolean
+
+
+def test_yamllint_finds_nothing_in_the_workflow():
+    result = subprocess.run([sys.executable, "-m", "yamllint", "-f", "parsable", "-d", YAMLLINT, str(WORKFLOW)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_yamllint_catches_a_broken_workflow(tmp_path):
+    broken = tmp_path / "test.yml"
+    broken.write_text(WORKFLOW.read_text().replace("\n  ", "\n ", 1) + "jobs: twice\n")
+    result = subprocess.run([sys.executable, "-m", "yamllint", "-f", "parsable", "-d", YAMLLINT, str(broken)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "error" in result.stdout
 
 
 def test_actionlint_finds_nothing_in_the_workflow():
