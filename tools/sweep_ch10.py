@@ -1,6 +1,6 @@
 """The sweep behind chapter 10's comparison: prompt tuning, prefix tuning and LoRA on chapter 07's task.
 
-    .venv/bin/python tools/sweep_ch10.py            # 28 minutes on 2 cores, shared with other jobs
+    .venv/bin/python tools/sweep_ch10.py            # 17 minutes on 2 cores
 
 Every method trains SmolLM2-135M-Instruct exactly as chapter 07 trains LoRA: 30 AdamW steps of 8
 length-grouped instructions (the same batches for every method and seed 0), the model's masked loss.
@@ -59,7 +59,7 @@ CH07 = ROOT / "results" / "ch07_sweep.csv"
 N_VIRTUAL = 20
 INIT_TEXT = "Answer with exactly what is asked, in the format asked for, and nothing else."
 STEPS, BATCH, WINDOW = 30, 8, 4  # chapter 07's budget
-RATES = {"prompt": [1e-2, 3e-2, 1e-1], "prefix": [1e-2, 3e-2, 1e-1]}
+RATES = {"prompt": [1e-2, 3e-2, 1e-1], "prefix": [3e-3, 1e-2, 3e-2, 1e-1]}
 SEEDS = [0, 1, 2]
 FIELDS = ["run", "lr", "seed", "steps", "split", "skill", "exact_match", "contains", "chosen", "trainable",
           "s_per_step"]
