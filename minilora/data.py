@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Sampler
 
 __all__ = ["SPLITS", "LABELS", "DOMAINS", "TASKS", "TASK_LABELS", "label_ids", "domain_ids", "COLUMNS", "data_dir",
            "load_sentiment", "length_grouped_batches", "LengthGroupedBatchSampler", "make_loader",
-           "load_instructions", "load_jsonl"]
+           "load_instructions", "load_jsonl", "check_task"]
 
 SPLITS = ("train", "validation", "test")
 LABELS = ("negative", "positive")
@@ -44,6 +44,12 @@ TASK_LABELS = {"sentiment": LABELS, "domain": DOMAINS}
 label_ids = {name: i for i, name in enumerate(LABELS)}
 domain_ids = {name: i for i, name in enumerate(DOMAINS)}
 COLUMNS = ("text", "label", "domain")
+
+
+def check_task(task: str) -> None:
+    """A ValueError naming the tasks there are, unless ``task`` is one of ``TASKS``."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(map(repr, TASKS))}")
 
 
 def data_dir(dataset: str = "sentiment") -> Path:
@@ -132,8 +138,7 @@ def make_loader(rows: list[dict], tokenizer, *, task: str = "sentiment", batch_s
     ``group_by_length=True`` batches reviews of similar length together, for less padding: with
     ``shuffle=True`` in a seeded random order that changes every epoch (for training), without it
     shortest first (for evaluation, where the order does not matter)."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(map(repr, TASKS))}")
+    check_task(task)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if not isinstance(max_length, int) or max_length < 2:

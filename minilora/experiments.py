@@ -36,7 +36,7 @@ from torch import nn
 
 from .config import LoRAConfig
 from .counting import get_nb_trainable_parameters
-from .data import TASK_LABELS, TASKS, load_sentiment, make_loader
+from .data import TASK_LABELS, TASKS, check_task, load_sentiment, make_loader
 from .env import seed_everything
 from .inject import inject_lora
 from .measure import measure_peak_rss
@@ -89,17 +89,12 @@ def build_model(setup: LoRAConfig | str, seed: int = 0, task: str = "sentiment")
     """``seed_everything(seed)``, a fresh MiniLM classifier for ``task`` and the setup applied to it."""
     if not (isinstance(setup, LoRAConfig) or setup == "full"):
         raise ValueError(f"setup must be a LoRAConfig or 'full', got {setup!r}.")
-    _check_task(task)
+    check_task(task)  # before loading anything
     seed_everything(seed)
     model, tokenizer = load_encoder(num_labels=len(TASK_LABELS[task]))
     if isinstance(setup, LoRAConfig):
         inject_lora(model, setup)
     return model, tokenizer
-
-
-def _check_task(task: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(map(repr, TASKS))}.")
 
 
 def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -181,7 +176,6 @@ def accuracy(model: nn.Module, tokenizer, split: str, task: str = "sentiment") -
     """Accuracy on ``task`` over ``"validation"`` or ``"test"`` (batches of 100, shortest reviews first)."""
     if split not in ("validation", "test"):
         raise ValueError(f"split must be 'validation' (for choosing) or 'test' (to report), got {split!r}.")
-    _check_task(task)
     loader = make_loader(load_sentiment(split), tokenizer, task=task, batch_size=100, group_by_length=True)
     return evaluate(model, loader)["accuracy"]
 
