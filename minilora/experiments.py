@@ -39,6 +39,7 @@ from .counting import get_nb_trainable_parameters
 from .data import TASK_LABELS, TASKS, check_task, load_sentiment, make_loader
 from .env import seed_everything
 from .inject import inject_lora
+from .loraplus import create_loraplus_optimizer
 from .measure import measure_peak_rss
 from .models import load_encoder, mean_pool
 from .train import History, evaluate, fit
@@ -102,13 +103,22 @@ def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sc
 
 
 def train_task(task: str, setup: LoRAConfig | str, lr: float, seed: int = 0, steps: int = STEPS, name: str = "",
-               progress: bool = True) -> SentimentRun:
-    """Train one configuration on ``task`` with the chapter's protocol (module docstring)."""
+               progress: bool = True, loraplus_lr_ratio: float | None = None) -> SentimentRun:
+    """Train one configuration on ``task`` with the chapter's protocol (module docstring).
+
+    With ``loraplus_lr_ratio`` (chapter 09) the optimiser is LoRA+'s: ``lr`` for the A matrices and the
+    head's weight, ``lr * loraplus_lr_ratio`` for the B matrices and every 1-D parameter."""
     model, tokenizer = build_model(setup, seed, task)
     trainable, total = get_nb_trainable_parameters(model)
     loader = make_loader(load_sentiment("train"), tokenizer, task=task, batch_size=BATCH, shuffle=True, seed=seed,
                          group_by_length=True)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    if loraplus_lr_ratio is None:
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    elif isinstance(setup, LoRAConfig):
+        optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=loraplus_lr_ratio)
+    else:
+        raise ValueError("loraplus_lr_ratio needs LoRA adapters: pass a LoRAConfig as the setup, or leave "
+                         "loraplus_lr_ratio=None for full fine-tuning.")
     with measure_peak_rss() as memory:
         history = fit(model, loader, optimizer=optimizer, scheduler=_schedule(optimizer, steps), max_grad_norm=1.0,
                       epochs=math.ceil(steps / len(loader)), max_steps=steps, name=name, progress=progress)
@@ -116,9 +126,9 @@ def train_task(task: str, setup: LoRAConfig | str, lr: float, seed: int = 0, ste
 
 
 def train_sentiment(setup: LoRAConfig | str, lr: float, seed: int = 0, steps: int = STEPS, name: str = "",
-                    progress: bool = True) -> SentimentRun:
-    """``train_task("sentiment", ...)``: chapter 05's experiment."""
-    return train_task("sentiment", setup, lr, seed, steps, name, progress)
+                    progress: bool = True, loraplus_lr_ratio: float | None = None) -> SentimentRun:
+    """``train_task("sentiment", ...)``: chapter 05's experiment (and chapter 09's)."""
+    return train_task("sentiment", setup, lr, seed, steps, name, progress, loraplus_lr_ratio)
 
 
 @dataclass

@@ -83,3 +83,22 @@ def test_the_multitask_run_alternates_tasks_and_trains_one_body_and_two_heads():
     assert layer.lora_B["default"].weight.abs().sum() > 0  # ... and the shared adapter too
     with pytest.raises(ValueError, match="without modules_to_save"):
         train_multitask(LoRAConfig(r=2, target_modules=["query"], modules_to_save=["classifier"]), lr=1e-3)
+
+
+def test_loraplus_trains_b_faster_and_needs_adapters():
+    """``loraplus_lr_ratio`` (chapter 09): B learns at lr * ratio, A at lr; full fine-tuning refuses it.
+
+    Two steps, the rate lr then lr / 2. Adam's first step moves each entry by its rate times a sign; A's
+    first gradient is 0 (B = 0), so A moves only at the second step, by 0.744 * lr / 2 at most (Adam's
+    bias-corrected second step)."""
+    setup = LoRAConfig(r=2, lora_alpha=4, target_modules=["query"], modules_to_save=["classifier"])
+    start, _ = build_model(setup, seed=0)
+    run = train_sentiment(setup, lr=1e-3, seed=0, steps=2, progress=False, loraplus_lr_ratio=16)
+    names = ("bert.encoder.layer.0.attention.self.query.lora_A.default.weight",
+             "bert.encoder.layer.0.attention.self.query.lora_B.default.weight")
+    before, after = dict(start.named_parameters()), dict(run.model.named_parameters())
+    move_A, move_B = ((after[n] - before[n]).abs().max().item() for n in names)
+    assert 0.3e-3 < move_A < 0.38e-3  # 0.744 * 1e-3 / 2 = 3.72e-4
+    assert 16e-3 - 1e-6 < move_B < 24e-3 + 1e-4  # 1e-3 * 16 at the first step, then at most (1e-3 / 2) * 16
+    with pytest.raises(ValueError, match="needs LoRA adapters"):
+        train_sentiment("full", lr=1e-3, seed=0, steps=1, progress=False, loraplus_lr_ratio=16)
