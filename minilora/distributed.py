@@ -42,7 +42,9 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
+from .data import label_ids
 from .memory import MemoryBreakdown
 
 __all__ = ["TORCHRUN_ENV", "require_torchrun", "check_world_size", "effective_batch_size", "set_dropout",
@@ -104,8 +106,6 @@ def text_collator(tokenizer, max_length: int = 64) -> Callable[[list[dict]], dic
     """A collate function for rows ``{"text", "label", ...}`` of the sentiment data (``data.load_sentiment``):
     the texts tokenized and padded to the batch's longest, the labels as ``labels``. It serves a
     ``DataLoader`` and the ``Trainer`` (its ``data_collator``) alike."""
-    from .data import label_ids
-
     def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
         enc = tokenizer([r["text"] for r in rows], padding="longest", truncation=True, max_length=max_length,
                         return_tensors="pt")
@@ -129,8 +129,6 @@ class ByteCounter:
     def hook(state, bucket):  # no annotations: DDP checks them, and this module's are strings
         """Count the bucket (a ``dist.GradBucket``), then all-reduce it as ``default_hooks.allreduce_hook``
         does (divide by W, sum); returns its ``torch.futures.Future``."""
-        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
         buffer = bucket.buffer()
         state._bytes += buffer.numel() * buffer.element_size()
         state._buckets += 1
