@@ -88,6 +88,26 @@ def test_two_gloo_processes_train_the_adapter_one_process_trains(tmp_path):
     assert run["trainable"] == trainable and run["bytes_per_step"] == [4 * trainable] * steps
 
 
+def test_fsdp_shards_the_model_and_trains_the_adapter_one_process_trains(tmp_path):
+    steps = 3
+    report, _ = distributed.launch(SCRIPT, ["--out", tmp_path, "--steps", steps, "--fsdp"], nproc=2, timeout=300)
+    run = report["fsdp"]
+    assert 2 * run["parameter_bytes_per_process"] == run["parameter_bytes"]  # each process holds half
+    single = get_peft_model_state_dict(one_process(steps))
+    sharded = load_file(tmp_path / "adapter_model.safetensors")
+    assert sorted(single) == sorted(sharded)
+    for key in single:
+        torch.testing.assert_close(sharded[key], single[key], atol=TOLERANCE, rtol=0)
+
+
+def test_the_script_takes_one_mode(tmp_path):
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": "29999"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path), "--fsdp", "--trainer"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
+
+
 # --- the byte counter, on a process group of one ----------------------------------------------------
 @pytest.fixture
 def world_of_one():

@@ -2,6 +2,7 @@
 
     torchrun --nproc_per_node 2 tools/ddp_train.py --out DIR                  # the course loop under DDP
     torchrun --nproc_per_node 2 tools/ddp_train.py --out DIR --trainer        # PEFT + transformers.Trainer
+    torchrun --nproc_per_node 2 tools/ddp_train.py --out DIR --fsdp           # the course loop under FSDP2
 
 Without --trainer, each process builds chapter 05's model (LoRA r=8, alpha 16 on query and value, the
 head trained whole) from seed ``--seed + rank``: deliberately different, so that DDP's start-up broadcast
@@ -11,6 +12,11 @@ examples t*B .. t*B+B-1 of one seeded permutation) and ``--steps`` AdamW steps a
 linearly to 0, clipped at norm 1. A ``minilora.distributed.ByteCounter`` hook counts the bytes
 all-reduced at each step. With ``--full-steps K`` it then does K steps of a full fine-tune, to count
 its bytes too. Rank 0 saves the adapter with ``minilora.save_adapter`` in ``--out``.
+
+With --fsdp, the same LoRA steps with the model sharded by FSDP (``fully_shard``: one unit per transformer
+block, frozen weights and LoRA factors together, and one for the rest) instead of replicated by DDP.
+FSDP broadcasts nothing, so every process builds the model from ``--seed``. Rank 0 gathers the full
+state dict and saves the adapter with ``minilora.save_adapter``.
 
 With --trainer, the same model is built with ``peft.get_peft_model`` and trained by ``transformers.Trainer``
 (``use_cpu=True``, ``ddp_backend="gloo"``) with ``--global-batch / world size`` per process; rank 0
@@ -44,7 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--dropout", type=float, default=0.0,
                     help="dropout probability (default 0: each process would draw its own masks; MiniLM's is 0.1)")
     ap.add_argument("--full-steps", type=int, default=0, help="then this many full fine-tuning steps")
-    ap.add_argument("--trainer", action="store_true", help="PEFT + transformers.Trainer instead of the course loop")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--trainer", action="store_true", help="PEFT + transformers.Trainer instead of the course loop")
+    mode.add_argument("--fsdp", action="store_true", help="shard the model with FSDP (fully_shard) instead of DDP")
     return ap.parse_args(argv)
 
 
@@ -121,6 +129,56 @@ def course_loop(args, rank: int, world: int) -> dict:
     return report
 
 
+def fsdp_run(args, rank: int, world: int) -> dict:
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    from minilora import save_adapter
+    from minilora.data import load_sentiment
+    from minilora.distributed import set_dropout, text_collator
+    from minilora.experiments import SETUPS, build_model
+
+    model, tokenizer = build_model(SETUPS["LoRA r=8"], seed=args.seed)  # the same on every process
+    set_dropout(model, args.dropout)
+    model.train()
+    full_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    mesh = init_device_mesh("cpu", (world,))
+    for block in model.bert.encoder.layer:
+        fully_shard(block, mesh=mesh)  # one unit per block: its frozen weights and its LoRA factors
+    fully_shard(model, mesh=mesh)  # the rest: embeddings and the head
+    local_bytes = sum(p.to_local().numel() * p.element_size() for p in model.parameters())
+    params = [p for p in model.parameters() if p.requires_grad]
+    rows = load_sentiment("train")
+    sampler = DistributedSampler(rows, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
+    batches = iter(DataLoader(rows, batch_size=args.global_batch // world, sampler=sampler, drop_last=True,
+                              collate_fn=text_collator(tokenizer)))
+    optimizer = torch.optim.AdamW(params, lr=args.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / args.steps)
+    losses = []
+    for _ in range(args.steps):
+        loss = model(**next(batches)).loss
+        loss.backward()  # FSDP reduce-scatters the gradients: each process keeps the mean of its shard
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        schedule.step()
+        mean = loss.detach().clone()
+        dist.all_reduce(mean)
+        losses.append(float(mean) / world)
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if rank == 0:
+        plain, _ = build_model(SETUPS["LoRA r=8"], seed=args.seed)
+        plain.load_state_dict(state)
+        save_adapter(plain, args.out)
+    return {"fsdp": {"parameter_bytes": full_bytes, "parameter_bytes_per_process": local_bytes,
+                     "units": len(model.bert.encoder.layer) + 1, "losses": losses}}
+
+
 def trainer_run(args, rank: int, world: int) -> dict:
     import peft
     import transformers
@@ -168,7 +226,8 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     try:
-        report = trainer_run(args, rank, world) if args.trainer else course_loop(args, rank, world)
+        run = trainer_run if args.trainer else fsdp_run if args.fsdp else course_loop
+        report = run(args, rank, world)
         report.update(world_size=world, global_batch=args.global_batch, steps=args.steps,
                       threads_per_process=torch.get_num_threads())
         if rank == 0 and args.report:
