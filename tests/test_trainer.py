@@ -73,6 +73,7 @@ def test_minilora_adapter_to_peft_trainer_and_back(tmp_path, batch):
     assert not torch.allclose(logits(back, batch), logits(ours, batch), atol=1e-4)  # it is the trained one
 
 
+@pytest.mark.filterwarnings("ignore:Could not find a config file")  # PEFT, saving a checkpoint of our classifier
 def test_the_best_checkpoint_is_safetensors_and_minilora_loads_it(tmp_path, batch):
     transformers.logging.set_verbosity_error()
     minilora.seed_everything(0)
