@@ -3,8 +3,8 @@
 The most used names are here; each module holds one idea and names the chapter that teaches it:
 ``layers`` and ``embedding`` (02), ``train`` (03), ``config``, ``inject``, ``modules_to_save`` and
 ``counting`` (04), ``data``, ``models`` and ``experiments`` (05), ``adapters`` and ``io`` (06),
-``instruct`` (07), ``memory``, ``measure``, ``quant`` and ``qlora`` (08), ``prompting`` (10), ``merging`` and
-``task_vectors`` (11); ahead of their chapter, ``analysis``, ``loraplus``, ``dora`` and ``pissa`` (09).
+``instruct`` (07), ``memory``, ``measure``, ``quant`` and ``qlora`` (08), ``analysis``, ``loraplus``, ``dora``
+and ``pissa`` (09), ``prompting`` (10), ``merging`` and ``task_vectors`` (11), ``distributed`` (12).
 """
 import os
 import warnings
