@@ -53,7 +53,7 @@ $(LAB_SETTINGS): jupyter/overrides.json | $(STAMP)
 	@mkdir -p $(dir $@) && cp jupyter/overrides.json $@
 
 assets: venv
-	$(BIN)/python -m minilora.assets
+	$(BIN)/python -m minilora.course.assets
 
 lab: assets $(LAB_SETTINGS)
 	$(BIN)/python -m jupyter lab notebooks/

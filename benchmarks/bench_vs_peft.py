@@ -35,8 +35,8 @@ from typing import Callable
 import torch
 
 from minilora.config import LoRAConfig
+from minilora.course.models import load_chat_model, load_encoder
 from minilora.inject import inject_lora, lora_layers, merge_and_unload
-from minilora.models import load_chat_model, load_encoder
 
 GOAL_TRAIN, GOAL_MERGED = 1.05, 1.02
 

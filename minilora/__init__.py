@@ -30,7 +30,6 @@ from .adapters import (  # noqa: E402
 from .config import LoRAConfig  # noqa: E402
 from .counting import get_nb_trainable_parameters, print_trainable_parameters  # noqa: E402
 from .embedding import LoRAEmbedding  # noqa: E402
-from .env import seed_everything  # noqa: E402
 from .inject import (  # noqa: E402
     disable_adapter,
     inject_lora,
@@ -46,6 +45,7 @@ from .layers import LoRALayer, LoRALinear  # noqa: E402
 from .prompting import PrefixTuningConfig, PromptTuningConfig, add_prompt_learning  # noqa: E402
 from .qlora import LinearNF4, quantize_model_nf4  # noqa: E402
 from .train import History, evaluate, fit  # noqa: E402
+from .utils import seed_everything  # noqa: E402
 
 __version__ = "0.2.0"
 

@@ -61,7 +61,7 @@ def end_of_turn_id(tokenizer) -> int:
     tid = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     if tid is None or tid == tokenizer.unk_token_id:
         raise ValueError(f"the tokenizer has no {END_OF_TURN!r} token: these helpers expect a ChatML "
-                         "chat model such as SmolLM2-135M-Instruct (minilora.models.load_chat_model()).")
+                         "chat model such as SmolLM2-135M-Instruct (minilora.course.models.load_chat_model()).")
     return tid
 
 

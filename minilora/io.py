@@ -29,27 +29,27 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from .adapters import _saved_modules, add_adapter, check_not_merged, delete_adapter, list_adapters
 from .config import DEFAULT_TARGETS, LoRAConfig
 from .embedding import LoRAEmbedding
+from .errors import AdapterFileError
+from .files import CONFIG_NAME, WEIGHTS_NAME, check_adapter_folder, read_tensors, write_atomic
 from .inject import lora_layers
 from .layers import LoRALinear
 from .pissa import is_pissa, pissa_to_lora_config, pissa_to_lora_state_dict
+from .prompting import PromptLearningModel
+from .prompting_io import load_prompt_adapter, prompt_peft_type, save_prompt_adapter
 
 __all__ = ["save_adapter", "load_adapter", "get_peft_model_state_dict", "peft_config_dict", "read_adapter_config",
-           "AdapterFileError", "write_atomic", "CONFIG_NAME", "WEIGHTS_NAME"]
+           "AdapterFileError"]
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForCausalLM": "CAUSAL_LM", "LMHeadModel": "CAUSAL_LM",
               "ForTokenClassification": "TOKEN_CLS", "ForQuestionAnswering": "QUESTION_ANS"}
@@ -58,10 +58,6 @@ UNSUPPORTED = {"rank_pattern": ({}, None), "alpha_pattern": ({}, None),
                "layers_to_transform": (None,), "layer_replication": (None,), "target_parameters": (None, []),
                "trainable_token_indices": (None,), "lora_bias": (False, None), "use_qalora": (False, None),
                "alora_invocation_tokens": (None,)}
-
-
-class AdapterFileError(ValueError):
-    """An adapter folder that cannot be loaded into this model (the message says why and what to do)."""
 
 
 def _config(model: nn.Module, adapter_name: str) -> LoRAConfig:
@@ -130,29 +126,6 @@ def peft_config_dict(model: nn.Module, adapter_name: str = "default") -> dict:
             "use_dora": cfg.use_dora, "rank_pattern": {}, "alpha_pattern": {}}
 
 
-def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
-    """Write ``data`` (text as UTF-8) to ``path`` through a temporary file in the same folder and a
-    rename, so that an interrupted write never leaves half a file; the folder is created if needed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private (0600); ours is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _pissa_to_lora(tensors: dict[str, torch.Tensor], config: dict, initial: Path,
                    directory: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """The converted tensors and config of a trained PiSSA adapter, given its initial copy in ``initial``."""
@@ -164,7 +137,7 @@ def _pissa_to_lora(tensors: dict[str, torch.Tensor], config: dict, initial: Path
         raise ValueError(f"{directory} is also path_initial_model_for_weight_conversion; save the converted adapter "
                          "into another folder, so that the initial copy is not overwritten.")
     if not (initial / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {initial}; path_initial_model_for_weight_conversion must be a "
+        raise AdapterFileError(f"no {CONFIG_NAME} in {initial}; path_initial_model_for_weight_conversion must be a "
                                 "folder written by save_adapter right after inject_lora, before training.")
     init_cfg = json.loads((initial / CONFIG_NAME).read_text())
     diff = [f"{k}: initial {init_cfg.get(k)!r}, now {config[k]!r}" for k in ("r", "lora_alpha", "use_rslora")
@@ -173,7 +146,7 @@ def _pissa_to_lora(tensors: dict[str, torch.Tensor], config: dict, initial: Path
         raise AdapterFileError(f"{initial} holds another adapter ({'; '.join(diff)}); pass the folder saved from this "
                                "adapter right after inject_lora, before training.")
     try:
-        tensors = pissa_to_lora_state_dict(tensors, _read_tensors(initial))
+        tensors = pissa_to_lora_state_dict(tensors, read_tensors(initial))
     except ValueError as e:
         raise AdapterFileError(f"{initial}: {e}") from None
     return tensors, pissa_to_lora_config(config)
@@ -190,9 +163,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
     minilora or with PEFT (``minilora.pissa``). The initial folder is only read.
 
     A prompt- or prefix-tuned model (chapter 10) is written by ``minilora.prompting_io``."""
-    from . import prompting_io  # imported here: prompting_io imports this module
-    if isinstance(model, prompting_io.PromptLearningModel):
-        return prompting_io.save_prompt_adapter(model, directory, adapter_name)
+    if isinstance(model, PromptLearningModel):
+        return save_prompt_adapter(model, directory, adapter_name)
     directory = Path(directory)
     tensors, config = get_peft_model_state_dict(model, adapter_name), peft_config_dict(model, adapter_name)
     if path_initial_model_for_weight_conversion is not None:
@@ -205,11 +177,11 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
 
 def read_adapter_config(directory: str | os.PathLike) -> dict:
     """The folder's ``adapter_config.json``, checked to be a LoRA adapter minilora can load."""
-    path = Path(directory) / CONFIG_NAME
+    path = check_adapter_folder(directory) / CONFIG_NAME
     if not path.is_file():
         hint = " It holds adapter_model.bin, a pickle, which minilora never loads." \
             if (Path(directory) / "adapter_model.bin").exists() else ""
-        raise FileNotFoundError(f"no {CONFIG_NAME} in {directory}; is it an adapter folder written by "
+        raise AdapterFileError(f"no {CONFIG_NAME} in {directory}; is it an adapter folder written by "
                                 f"save_adapter or PEFT's save_pretrained?{hint}")
     try:
         cfg = json.loads(path.read_text())
@@ -233,20 +205,6 @@ def read_adapter_config(directory: str | os.PathLike) -> dict:
         raise AdapterFileError(f"{path} has init_lora_weights={init!r}: that method changes the base weights too, "
                                "so the adapter alone does not reproduce the model. Load it with PEFT." + hint)
     return cfg
-
-
-def _read_tensors(directory: Path) -> dict[str, torch.Tensor]:
-    path = directory / WEIGHTS_NAME
-    if not path.is_file():
-        hint = (" It holds adapter_model.bin, a pickle, which minilora never loads; re-save it with PEFT's "
-                "save_pretrained(safe_serialization=True).") if (directory / "adapter_model.bin").exists() else ""
-        raise FileNotFoundError(f"no {WEIGHTS_NAME} in {directory}.{hint}")
-    try:
-        with safe_open(path, framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types; report them plainly
-        raise AdapterFileError(f"{path} ({path.stat().st_size:,d} bytes) is not a readable safetensors file: it is "
-                               f"truncated or corrupt ({type(e).__name__}: {e}). Save the adapter again.") from None
 
 
 def _to_lora_config(cfg: dict, model: nn.Module) -> LoRAConfig:
@@ -306,12 +264,11 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
     adapter of that name. Refuses, naming every key and shape, a file with missing keys, unexpected
     keys or wrong shapes, and leaves the model as it was. A prompt- or prefix-tuning adapter
     (chapter 10) returns the base model wrapped with it (``minilora.prompting_io``)."""
-    from . import prompting_io  # imported here: prompting_io imports this module
-    if prompting_io.prompt_peft_type(directory):
-        return prompting_io.load_prompt_adapter(model, directory, adapter_name)
+    if prompt_peft_type(directory):
+        return load_prompt_adapter(model, directory, adapter_name)
     directory = Path(directory)
     cfg = read_adapter_config(directory)
-    found = _read_tensors(directory)
+    found = read_tensors(directory)
     check_not_merged(model, "loading an adapter")
     base = cfg.get("base_model_name_or_path")
     here = getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__

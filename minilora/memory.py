@@ -18,7 +18,7 @@ The parameter counts come from the model itself, or from a transformers config b
 
 Activations depend on batch and sequence length, not on the parameter count;
 ``activation_memory_estimate`` gives an *estimate* (see its docstring), and
-``minilora.measure.measure_peak_rss`` measures what a block of code really used on this machine.
+``minilora.course.measure.measure_peak_rss`` measures what a block of code really used on this machine.
 """
 from __future__ import annotations
 

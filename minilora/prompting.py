@@ -33,7 +33,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
-from transformers import AutoTokenizer, DynamicCache
+from transformers import DynamicCache
 
 __all__ = ["PromptTuningConfig", "PrefixTuningConfig", "PromptEmbedding", "PrefixEncoder", "PromptLearningModel",
            "add_prompt_learning", "fill_from_model", "init_prefix_from_text"]
@@ -134,6 +134,7 @@ class PromptEmbedding(nn.Module):
         self.embedding = nn.Embedding(n, config.token_dim)  # (n, hidden)
         if config.prompt_tuning_init == "TEXT" and not config.inference_mode:
             kwargs = {k: v for k, v in (config.tokenizer_kwargs or {}).items() if k != "trust_remote_code"}
+            from transformers import AutoTokenizer  # here: it loads transformers.generation and, with it, scikit-learn
             ids = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path, **kwargs)(
                 config.prompt_tuning_init_text)["input_ids"]
             if not ids:

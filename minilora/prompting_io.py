@@ -1,6 +1,7 @@
 r"""Prompt- and prefix-tuning adapters in PEFT's file format.  (Chapter 10)
 
-``minilora.io.save_adapter`` and ``load_adapter`` hand prompt learning over to this module, so the
+``minilora.io.save_adapter`` and ``load_adapter`` hand prompt learning over to this module (which
+imports only ``files`` and ``prompting``, so there is no cycle), so the
 same two calls save and load LoRA, prompt tuning and prefix tuning. A folder holds exactly what
 ``peft.PeftModel.save_pretrained`` writes:
 
@@ -26,7 +27,8 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from .io import CONFIG_NAME, WEIGHTS_NAME, AdapterFileError, _read_tensors, write_atomic
+from .errors import AdapterFileError
+from .files import CONFIG_NAME, WEIGHTS_NAME, read_tensors, write_atomic
 from .prompting import PrefixTuningConfig, PromptLearningModel, PromptTuningConfig, fill_from_model
 
 __all__ = ["prompt_peft_type", "save_prompt_adapter", "load_prompt_adapter", "PROMPT_KEY"]
@@ -99,7 +101,7 @@ def load_prompt_adapter(model: nn.Module, directory: str | os.PathLike,
     if differ:
         raise AdapterFileError(f"the adapter in {directory} ({saved_from}) does not fit this model ({here}): "
                                f"{'; '.join(differ)}. Load it into the model it was trained on.")
-    found = _read_tensors(directory)
+    found = read_tensors(directory)
     n = config.num_virtual_tokens
     shape = (n, ours.token_dim) if config.peft_type == "PROMPT_TUNING" else (n, ours.num_layers * 2 * ours.token_dim)
     if set(found) != {PROMPT_KEY}:

@@ -17,8 +17,9 @@ A LoRA adapter **is** a low-rank task vector: on each layer it adds :math:`\Delt
   the A's and the B's separately (``"ties"``) or truncate the merged ΔW by SVD (``"ties_svd"``).
 * ``added(model, vector)``: a context manager that adds a vector to a plain model's weights and
   puts the original weights back, bit for bit, afterwards.
-* ``task_accuracies(model, tokenizer, vector, heads, split)``: each task's accuracy with the vector
-  added to the body and that task's own head in place.
+
+Scoring a body with a vector added, task by task, is the course's experiment protocol:
+``minilora.course.experiments.task_accuracies``.
 """
 from __future__ import annotations
 
@@ -28,12 +29,11 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .experiments import accuracy
 from .inject import lora_layers
 from .layers import LoRALayer
 from .merging import check_density, dare_linear, dare_ties, magnitude_prune, task_arithmetic, ties
 
-__all__ = ["COMBINATION_TYPES", "task_vector", "merge_task_vectors", "added", "task_accuracies"]
+__all__ = ["COMBINATION_TYPES", "task_vector", "merge_task_vectors", "added"]
 
 #: How ``merge_task_vectors`` can combine vectors: the functions of ``minilora.merging``.
 COMBINATION_TYPES = ("task_arithmetic", "magnitude_prune", "ties", "dare_linear", "dare_ties")
@@ -134,18 +134,3 @@ def added(model: nn.Module, vector: Mapping[str, torch.Tensor], scale: float = 1
             for name, w in weights.items():
                 w.copy_(saved[name])
 
-
-def task_accuracies(model: nn.Module, tokenizer, vector: Mapping[str, torch.Tensor] | None,
-                    heads: Mapping[str, nn.Module], split: str) -> dict[str, float]:
-    """``{task: accuracy}`` on ``split`` of a plain ``load_encoder`` classifier with ``vector`` added
-    to its body (``None``: the pretrained body) and each task's head in place of ``classifier``."""
-    original = model.classifier
-    out = {}
-    try:
-        with added(model, vector or {}):
-            for task, head in heads.items():
-                model.classifier = head
-                out[task] = accuracy(model, tokenizer, split, task)
-    finally:
-        model.classifier = original
-    return out

@@ -1,4 +1,4 @@
-"""The protocol every exercise checker keeps (``minilora.exercises._core``), as tests the chapters share.
+"""The protocol every exercise checker keeps (``minilora.course.exercises._core``), as tests the chapters share.
 
 A chapter's test module lists ``CASES = [(check, solution, {name: wrong answer})]`` and binds
 

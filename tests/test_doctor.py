@@ -125,7 +125,7 @@ def test_the_real_readme_has_a_total_and_a_calibration():
 
 
 def test_model_folders_are_minilora_s():
-    from minilora.models import CHAT_DIR, ENCODER_DIR
+    from minilora.course.models import CHAT_DIR, ENCODER_DIR
 
     assert doctor.MODELS == (ENCODER_DIR, CHAT_DIR)
 

@@ -1,11 +1,12 @@
-"""minilora.env: seeding is reproducible, and the set-up check names each problem with its fix."""
+"""minilora.course.env: seeding is reproducible, and the set-up check names each problem with its fix."""
 import random
 
 import numpy as np
 import pytest
 import torch
 
-from minilora import env
+from minilora import utils
+from minilora.course import env
 
 
 def draw():
@@ -14,11 +15,11 @@ def draw():
 
 
 def test_seed_everything_makes_random_numpy_and_torch_reproducible():
-    env.seed_everything(3)
+    utils.seed_everything(3)
     first = draw()
-    env.seed_everything(3)
+    utils.seed_everything(3)
     assert draw() == first
-    env.seed_everything(4)
+    utils.seed_everything(4)
     other = draw()
     for a, b in zip(first, other):  # every generator is seeded, not just one of them
         assert a != b
@@ -27,7 +28,7 @@ def test_seed_everything_makes_random_numpy_and_torch_reproducible():
 @pytest.mark.parametrize("bad", [1.5, "0", None, -1, True])
 def test_seed_everything_rejects_a_bad_seed(bad):
     with pytest.raises(TypeError, match="seed_everything"):
-        env.seed_everything(bad)
+        utils.seed_everything(bad)
 
 
 def by_name(checks):

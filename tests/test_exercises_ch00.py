@@ -2,7 +2,7 @@
 import pytest
 from checker_protocol import protocol_tests
 
-from minilora.exercises import ch00
+from minilora.course.exercises import ch00
 
 
 # Exercise 0.0 (demo) -------------------------------------------------------------------------------

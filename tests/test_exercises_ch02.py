@@ -5,7 +5,7 @@ import pytest
 import torch
 from checker_protocol import protocol_tests
 
-from minilora.exercises import ch02
+from minilora.course.exercises import ch02
 
 
 # Exercise 2.1 --------------------------------------------------------------------------------------

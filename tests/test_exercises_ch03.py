@@ -4,7 +4,7 @@ import torch
 from checker_protocol import protocol_tests
 from torch import nn
 
-from minilora.exercises import ch03
+from minilora.course.exercises import ch03
 from minilora.layers import LoRALinear
 
 

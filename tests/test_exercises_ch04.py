@@ -2,7 +2,7 @@
 import pytest
 from checker_protocol import protocol_tests
 
-from minilora.exercises import ch04
+from minilora.course.exercises import ch04
 
 
 # Exercise 4.1 --------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ import pytest
 import torch
 from checker_protocol import protocol_tests
 
-from minilora.data import LABELS
-from minilora.exercises import ch05
-from minilora.models import cached_models
+from minilora.course.data import LABELS
+from minilora.course.exercises import ch05
+from minilora.course.models import cached_models
 
 
 def needs_tokenizer(check):

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from checker_protocol import protocol_tests
 
-from minilora.exercises import ch07
+from minilora.course.exercises import ch07
 from minilora.instruct import left_pad
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from checker_protocol import protocol_tests
 
-from minilora.exercises import ch08
+from minilora.course.exercises import ch08
 
 
 # Exercise 8.1 --------------------------------------------------------------------------------------

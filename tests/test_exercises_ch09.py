@@ -4,8 +4,8 @@ import pytest
 import torch
 from checker_protocol import protocol_tests
 
-from minilora.exercises import ch09
-from minilora.models import cached_models
+from minilora.course.exercises import ch09
+from minilora.course.models import cached_models
 
 
 # Exercise 9.1 --------------------------------------------------------------------------------------

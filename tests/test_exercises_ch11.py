@@ -4,7 +4,7 @@ import torch
 from checker_protocol import protocol_tests
 
 from minilora import merging
-from minilora.exercises import ch11
+from minilora.course.exercises import ch11
 
 
 # Exercise 11.1 --------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 import pytest
 from checker_protocol import protocol_tests
 
-from minilora.exercises import ch12
+from minilora.course.exercises import ch12
 
 
 # Exercise 12.1 --------------------------------------------------------------------------------------

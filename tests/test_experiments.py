@@ -1,10 +1,10 @@
-"""minilora.experiments: the chapter 05 protocol is deterministic per seed, and guards its splits."""
+"""minilora.course.experiments: the chapter 05 protocol is deterministic per seed, and guards its splits."""
 import numpy as np
 import pytest
 import torch
 
 from minilora.config import LoRAConfig
-from minilora.experiments import (
+from minilora.course.experiments import (
     LEARNING_RATES,
     SETUPS,
     accuracy,
@@ -14,7 +14,7 @@ from minilora.experiments import (
     train_sentiment,
     train_task,
 )
-from minilora.models import AssetsMissing, model_path
+from minilora.course.models import AssetsMissing, model_path
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minilora.data import length_grouped_batches, load_instructions, load_jsonl
+from minilora.course.data import length_grouped_batches, load_instructions, load_jsonl
 from minilora.instruct import (
     CUT,
     IGNORE_INDEX,
@@ -41,7 +41,7 @@ ROWS = [
 def tok():
     from transformers import AutoTokenizer
 
-    from minilora.models import CHAT_DIR, AssetsMissing, model_path
+    from minilora.course.models import CHAT_DIR, AssetsMissing, model_path
 
     try:
         return AutoTokenizer.from_pretrained(model_path(CHAT_DIR))

@@ -14,7 +14,8 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import minilora as ml
 from minilora.adapters import list_adapters, set_adapter
-from minilora.io import AdapterFileError, load_adapter, read_adapter_config, save_adapter, write_atomic
+from minilora.files import write_atomic
+from minilora.io import AdapterFileError, load_adapter, read_adapter_config, save_adapter
 from minilora.modules_to_save import ModulesToSaveWrapper
 
 CASES = {  # architecture -> (targets, modules_to_save)
@@ -272,11 +273,11 @@ def test_broken_json_and_missing_files(saved, tmp_path_factory):
     with pytest.raises(AdapterFileError, match="is not valid JSON"):
         load_adapter(copy.deepcopy(base), path)
     empty = tmp_path_factory.mktemp("empty")
-    with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
+    with pytest.raises(AdapterFileError, match="no adapter_config.json"):
         load_adapter(copy.deepcopy(base), empty)
     (empty / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
     (empty / "adapter_model.bin").write_bytes(pickle.dumps({"x": 1}))
-    with pytest.raises(FileNotFoundError, match="adapter_model.bin, a pickle, which minilora never loads"):
+    with pytest.raises(AdapterFileError, match="adapter_model.bin, a pickle, which minilora never loads"):
         load_adapter(copy.deepcopy(base), empty)
 
 

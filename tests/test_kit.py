@@ -75,7 +75,7 @@ def test_a_laptop_sets_up_from_the_kit_with_no_index_and_runs_chapter_00(tmp_pat
     # both models load from the kit's cache, and compute
     probe = sh([py, "-c", """
 import json, torch
-from minilora.models import load_chat_model, load_encoder, model_path, CHAT_DIR
+from minilora.course.models import load_chat_model, load_encoder, model_path, CHAT_DIR
 enc, tok = load_encoder(num_labels=2)
 with torch.no_grad():
     logits = enc(**tok(["a fine kit"], return_tensors="pt")).logits

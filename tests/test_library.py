@@ -19,14 +19,19 @@ def _tree(module: str) -> ast.Module:
 
 
 def _internal_imports(module: str) -> set[str]:
-    """The minilora modules that ``module`` imports at its top level."""
+    """The minilora modules that ``module`` imports anywhere: at its top level or inside a function."""
     out, package = set(), module.rsplit(".", 1)[0]
-    for node in _tree(module).body:
-        if isinstance(node, ast.ImportFrom) and node.level:
-            base = package.split(".")[: len(package.split(".")) - node.level + 1]
-            target = ".".join(base + ([node.module] if node.module else []))
+    for node in ast.walk(_tree(module)):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
             for alias in node.names:  # `from . import models` imports a module, `from .x import y` a name of x
                 out.add(f"{target}.{alias.name}" if f"{target}.{alias.name}" in MODULES else target)
+        elif isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
     return {m for m in out if m in MODULES}
 
 
@@ -87,10 +92,18 @@ def test_all_lists_exactly_the_public_api(module):
     missing = [n for n in mod.__all__ if not hasattr(mod, n)]
     assert not missing, f"{module}.__all__ names what it does not define: {missing}"
     assert len(set(mod.__all__)) == len(mod.__all__)
-    if module != "minilora":  # every public function and class a module defines is in its __all__
-        defined = [n.name for n in _tree(module).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))
-                   and not n.name.startswith("_")]
-        assert not [n for n in defined if n not in mod.__all__], f"{module}: public but not in __all__"
+    private = [n for n in mod.__all__ if n.startswith("_")]
+    assert not private, f"{module}.__all__ lists private names: {private}"
+
+
+def test_the_library_never_loads_the_course_or_its_heavy_dependencies():
+    """``import minilora`` loads torch, transformers and safetensors, and none of the course's tools."""
+    script = ("import sys, minilora\n"
+              "heavy = ('sklearn', 'scipy', 'matplotlib', 'pandas', 'minilora.course')\n"
+              "print(sorted(m for m in heavy if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]", done.stdout
 
 
 def test_the_package_exports_the_lifecycle_and_qlora():

@@ -1,10 +1,10 @@
-"""Memory measured at run time (minilora.measure): the peak RSS of a block, and its fallbacks."""
+"""Memory measured at run time (minilora.course.measure): the peak RSS of a block, and its fallbacks."""
 import pytest
 import torch
 from torch import nn
 
-import minilora.measure as mem
-from minilora.measure import PeakRSS, measure_peak_rss
+import minilora.course.measure as mem
+from minilora.course.measure import PeakRSS, measure_peak_rss
 
 
 def test_measure_peak_rss_side_by_side():

@@ -1,4 +1,4 @@
-"""minilora.models: the mean-pooling sentence classifier on MiniLM, and PEFT taking it as its own."""
+"""minilora.course.models: the mean-pooling sentence classifier on MiniLM, and PEFT taking it as its own."""
 import copy
 import warnings
 
@@ -8,7 +8,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import BertConfig, BertModel
 
 import minilora as ml
-from minilora.models import AssetsMissing, SentenceClassifier, display_path, load_encoder, mean_pool
+from minilora.course.models import AssetsMissing, SentenceClassifier, display_path, load_encoder, mean_pool
 
 TEXTS = ["The plot was not boring at all.", "Awful.", "Sure, the room was tiny, but the staff were wonderful."]
 

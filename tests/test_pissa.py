@@ -153,7 +153,7 @@ def test_bad_conversions_are_refused(tiny, tmp_path):
         load_adapter(copy.deepcopy(base), tmp_path / "init")  # a PiSSA file as it is needs the residual base
     with pytest.raises(ValueError, match="so that the initial copy is not overwritten"):
         save_adapter(mine, tmp_path / "init", path_initial_model_for_weight_conversion=tmp_path / "init")
-    with pytest.raises(FileNotFoundError, match="right after inject_lora"):
+    with pytest.raises(AdapterFileError, match="right after inject_lora"):
         save_adapter(mine, tmp_path / "out", path_initial_model_for_weight_conversion=tmp_path / "nowhere")
     other = ml.inject_lora(copy.deepcopy(base), ml.LoRAConfig(r=2, lora_alpha=8, target_modules=TARGETS["bert"],
                                                               init_lora_weights="pissa"))

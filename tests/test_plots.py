@@ -1,4 +1,4 @@
-"""minilora.plots: each plot draws what it is given, labels its axes, returns the Axes, rejects bad input."""
+"""minilora.course.plots: each plot draws what it is given, labels its axes, returns the Axes, rejects bad input."""
 import matplotlib
 
 matplotlib.use("Agg")
@@ -8,7 +8,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from minilora import plots  # noqa: E402
+from minilora.course import plots  # noqa: E402
 from minilora.train import History  # noqa: E402
 
 

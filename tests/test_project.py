@@ -38,7 +38,7 @@ def test_environment_yml_installs_the_project_with_dev_extras():
 
 
 def test_env_check_expects_the_pinned_versions():
-    from minilora.env import EXPECTED
+    from minilora.course.env import EXPECTED
 
     pins = dict(r.split("==") for r in pyproject_requirements())
     for pkg, version in EXPECTED.items():

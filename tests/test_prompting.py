@@ -10,8 +10,8 @@ from safetensors.torch import load_file, save_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from minilora.counting import get_nb_trainable_parameters
+from minilora.course.models import CHAT_DIR, cached_models
 from minilora.io import AdapterFileError, load_adapter, save_adapter
-from minilora.models import CHAT_DIR, cached_models
 from minilora.prompting import (
     PrefixTuningConfig,
     PromptLearningModel,
@@ -279,7 +279,7 @@ def test_wrong_shapes_and_keys_are_refused(tiny, tmp_path):
     _refused(tiny.gpt2(), directory, "should hold one tensor")
     weights.unlink()
     (directory / "adapter_model.bin").write_bytes(b"not loaded")
-    with pytest.raises(FileNotFoundError, match="pickle"):
+    with pytest.raises(AdapterFileError, match="pickle"):
         load_adapter(tiny.gpt2(), directory)
 
 

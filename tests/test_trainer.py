@@ -12,10 +12,10 @@ import torch
 import transformers
 
 import minilora
-from minilora import distributed
-from minilora.data import load_sentiment
-from minilora.experiments import SETUPS, build_model
-from minilora.models import load_encoder
+from minilora.course import distributed
+from minilora.course.data import load_sentiment
+from minilora.course.experiments import SETUPS, build_model
+from minilora.course.models import load_encoder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ head trained whole) from seed ``--seed + rank``: deliberately different, so that
 of rank 0's state_dict has something to do (checked). Each takes its shard of every global batch of
 ``--global-batch`` training reviews (``DistributedSampler``: the union of the shards of step t is
 examples t*B .. t*B+B-1 of one seeded permutation) and ``--steps`` AdamW steps at ``--lr``, decaying
-linearly to 0, clipped at norm 1. A ``minilora.distributed.ByteCounter`` hook counts the bytes
+linearly to 0, clipped at norm 1. A ``minilora.course.distributed.ByteCounter`` hook counts the bytes
 all-reduced at each step. With ``--full-steps K`` it then does K steps of a full fine-tune, to count
 its bytes too. Rank 0 saves the adapter with ``minilora.save_adapter`` in ``--out``.
 
@@ -22,7 +22,7 @@ With --trainer, the same model is built with ``peft.get_peft_model`` and trained
 (``use_cpu=True``, ``ddp_backend="gloo"``) with ``--global-batch / world size`` per process; rank 0
 saves the adapter with PEFT's ``save_pretrained`` in ``--out``.
 
-``--report FILE``: rank 0 writes its measurements there as JSON (``minilora.distributed.launch`` reads it).
+``--report FILE``: rank 0 writes its measurements there as JSON (``minilora.course.distributed.launch`` reads it).
 Run without torchrun, or with a world size that does not divide the global batch, it says what to do.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # minilora from this checkout, however the script is started
 
-from minilora.distributed import check_world_size, require_torchrun  # noqa: E402
+from minilora.course.distributed import check_world_size, require_torchrun  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -76,9 +76,9 @@ def ddp_steps(setup, args, rank: int, world: int, steps: int, lr: float, seed: i
     from torch.utils.data import DataLoader
     from torch.utils.data.distributed import DistributedSampler
 
-    from minilora.data import load_sentiment
-    from minilora.distributed import register_byte_counter, set_dropout, text_collator
-    from minilora.experiments import build_model
+    from minilora.course.data import load_sentiment
+    from minilora.course.distributed import register_byte_counter, set_dropout, text_collator
+    from minilora.course.experiments import build_model
 
     model, tokenizer = build_model(setup, seed=seed)
     set_dropout(model, args.dropout)
@@ -117,7 +117,7 @@ def ddp_steps(setup, args, rank: int, world: int, steps: int, lr: float, seed: i
 
 def course_loop(args, rank: int, world: int) -> dict:
     from minilora import save_adapter
-    from minilora.experiments import SETUPS
+    from minilora.course.experiments import SETUPS
 
     run = ddp_steps(SETUPS["LoRA r=8"], args, rank, world, args.steps, args.lr, args.seed + rank)
     if rank == 0:
@@ -139,9 +139,9 @@ def fsdp_run(args, rank: int, world: int) -> dict:
     from torch.utils.data.distributed import DistributedSampler
 
     from minilora import save_adapter
-    from minilora.data import load_sentiment
-    from minilora.distributed import set_dropout, text_collator
-    from minilora.experiments import SETUPS, build_model
+    from minilora.course.data import load_sentiment
+    from minilora.course.distributed import set_dropout, text_collator
+    from minilora.course.experiments import SETUPS, build_model
 
     model, tokenizer = build_model(SETUPS["LoRA r=8"], seed=args.seed)  # the same on every process
     set_dropout(model, args.dropout)
@@ -183,11 +183,11 @@ def trainer_run(args, rank: int, world: int) -> dict:
     import peft
     import transformers
 
-    from minilora.data import load_sentiment
-    from minilora.distributed import set_dropout, text_collator
-    from minilora.env import seed_everything
-    from minilora.experiments import SETUPS
-    from minilora.models import load_encoder
+    from minilora.course.data import load_sentiment
+    from minilora.course.distributed import set_dropout, text_collator
+    from minilora.course.env import seed_everything
+    from minilora.course.experiments import SETUPS
+    from minilora.course.models import load_encoder
 
     transformers.logging.set_verbosity_error()
     seed_everything(args.seed)
@@ -221,7 +221,7 @@ def main(argv=None) -> None:
     import torch
     import torch.distributed as dist
 
-    from minilora.io import write_atomic
+    from minilora.files import write_atomic
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")

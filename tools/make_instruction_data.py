@@ -28,7 +28,7 @@ import random
 import sys
 from pathlib import Path
 
-from minilora.io import write_atomic
+from minilora.files import write_atomic
 
 SEED = 2024
 OUT = Path(__file__).resolve().parent.parent / "data" / "instructions"

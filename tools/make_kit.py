@@ -54,7 +54,7 @@ def tree_size(path: Path) -> int:
 
 
 def build(kit: Path, python: str = sys.executable) -> Path:
-    from minilora.models import CHAT_DIR, ENCODER_DIR, cache_dir
+    from minilora.course.models import CHAT_DIR, ENCODER_DIR, cache_dir
 
     missing = [m for m in (ENCODER_DIR, CHAT_DIR) if not (cache_dir() / m / "model.safetensors").exists()]
     if missing:

@@ -38,7 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sentiment_pieces as P  # noqa: E402
 
-from minilora.io import write_atomic  # noqa: E402
+from minilora.files import write_atomic  # noqa: E402
 
 SEED = 5
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import csv
 import io
 import pathlib
 
-from minilora.io import write_atomic
+from minilora.files import write_atomic
 
 
 def write_results(path: pathlib.Path, command: str, fields: list[str], rows: list[dict]) -> None:

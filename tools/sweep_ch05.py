@@ -3,7 +3,7 @@
     .venv/bin/python tools/sweep_ch05.py            # everything: 67 minutes on 2 AVX2 cores
     .venv/bin/python tools/sweep_ch05.py --seeds 0 1 2 3 4
 
-For each configuration of ``minilora.experiments.SETUPS`` and each of its ``LEARNING_RATES``, train
+For each configuration of ``minilora.course.experiments.SETUPS`` and each of its ``LEARNING_RATES``, train
 with ``train_sentiment`` for every seed and measure validation accuracy. The learning rate with the
 best mean validation accuracy is chosen; only the models trained at that rate are then evaluated on
 the test split, once. The linear probe does the same with its regularisation ``C``. Every run is a row
@@ -22,8 +22,8 @@ import numpy as np
 from results_csv import write_results  # tools/results_csv.py
 
 from minilora.counting import count_parameters
-from minilora.data import load_sentiment
-from minilora.experiments import (
+from minilora.course.data import load_sentiment
+from minilora.course.experiments import (
     LEARNING_RATES,
     PROBE_C,
     SETUPS,
@@ -34,7 +34,7 @@ from minilora.experiments import (
     sentence_embeddings,
     train_sentiment,
 )
-from minilora.models import load_encoder
+from minilora.course.models import load_encoder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "ch05_sweep.csv"

@@ -29,10 +29,10 @@ from torch.utils.data import DataLoader
 
 import minilora
 from minilora import LoRAConfig, inject_lora
-from minilora.data import length_grouped_batches, load_instructions
+from minilora.course.data import length_grouped_batches, load_instructions
+from minilora.course.models import load_chat_model
+from minilora.files import write_atomic
 from minilora.instruct import ChatCollator, answer_rows, evaluate_contains, evaluate_exact_match, token_budgets
-from minilora.io import write_atomic
-from minilora.models import load_chat_model
 from minilora.train import fit
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -3,7 +3,7 @@
     .venv/bin/python tools/sweep_ch09.py            # everything: about an hour on 2 cores
     .venv/bin/python tools/sweep_ch09.py --only "q,v r=64 α=128"
 
-Every configuration is trained with chapter 05's protocol (``minilora.experiments.train_sentiment``:
+Every configuration is trained with chapter 05's protocol (``minilora.course.experiments.train_sentiment``:
 MiniLM, sentiment, 100 AdamW steps, the learning rate decaying linearly) for three seeds at each of its
 learning rates. The rates come from the ladder 1e-4, 2e-4, 5e-4, 1e-3, ... : three rates around a
 first guess, and one more rate further out each time the best one is at an end of what was tried,
@@ -32,7 +32,7 @@ import time
 from results_csv import write_results  # tools/results_csv.py
 
 from minilora.config import LoRAConfig, lora_scaling
-from minilora.experiments import accuracy, train_sentiment
+from minilora.course.experiments import accuracy, train_sentiment
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "ch09_sweep.csv"

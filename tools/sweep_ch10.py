@@ -46,10 +46,10 @@ from torch.utils.data import DataLoader
 import minilora
 from minilora import LoRAConfig, inject_lora
 from minilora.counting import get_nb_trainable_parameters
-from minilora.data import length_grouped_batches, load_instructions
+from minilora.course.data import length_grouped_batches, load_instructions
+from minilora.course.models import CHAT_DIR, load_chat_model, model_path
+from minilora.files import write_atomic
 from minilora.instruct import ChatCollator, answer_rows, evaluate_contains, evaluate_exact_match, token_budgets
-from minilora.io import write_atomic
-from minilora.models import CHAT_DIR, load_chat_model, model_path
 from minilora.prompting import PrefixTuningConfig, PromptTuningConfig, add_prompt_learning, init_prefix_from_text
 from minilora.train import fit
 

@@ -4,7 +4,7 @@
     .venv/bin/python tools/sweep_ch11.py --seeds 0 1 2 3 4
 
 MiniLM with LoRA r=8 (alpha 16) on query and value, chapter 05's protocol
-(``minilora.experiments``), three ways:
+(``minilora.course.experiments``), three ways:
 
 * a **sentiment adapter** and a **domain adapter**, each with its own head (``train_task``);
 * a **multi-task adapter**: one body for both tasks, a head per task, the steps alternating between
@@ -36,9 +36,9 @@ import time
 from results_csv import write_results  # tools/results_csv.py
 
 from minilora.config import LoRAConfig
-from minilora.experiments import SETUPS, train_multitask, train_task
-from minilora.models import load_encoder
-from minilora.task_vectors import merge_task_vectors, task_accuracies, task_vector
+from minilora.course.experiments import SETUPS, task_accuracies, train_multitask, train_task
+from minilora.course.models import load_encoder
+from minilora.task_vectors import merge_task_vectors, task_vector
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "ch11_sweep.csv"

@@ -10,9 +10,9 @@ import re
 
 from transformers import LlamaConfig
 
-from ..config import LoRAConfig
-from ..counting import lora_count, meta_model
-from ..inject import resolve_targets
+from ...config import LoRAConfig
+from ...counting import lora_count, meta_model
+from ...inject import resolve_targets
 from ._core import Hint, checker
 
 # Weight shapes (d_out, d_in): MiniLM's q and v, one SmolLM2 block, one Llama-2-70B block.

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..layers import LoRALinear
+from ...layers import LoRALinear
 from ._core import Hint, checker
 
 __all__ = ["check_count_trainable", "check_add_lora_to_mlp", "check_accuracy"]

@@ -27,6 +27,7 @@ exactly the batches the two single-task runs see together (``2 * STEPS`` steps).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,18 +35,20 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from .config import LoRAConfig
-from .counting import get_nb_trainable_parameters
+from ..config import LoRAConfig
+from ..counting import get_nb_trainable_parameters
+from ..inject import inject_lora
+from ..loraplus import create_loraplus_optimizer
+from ..task_vectors import added
+from ..train import History, evaluate, fit
+from ..utils import seed_everything
 from .data import TASK_LABELS, TASKS, check_task, load_sentiment, make_loader
-from .env import seed_everything
-from .inject import inject_lora
-from .loraplus import create_loraplus_optimizer
 from .measure import measure_peak_rss
 from .models import load_encoder, mean_pool
-from .train import History, evaluate, fit
 
 __all__ = ["STEPS", "BATCH", "SETUPS", "LEARNING_RATES", "PROBE_C", "SentimentRun", "MultiTaskRun", "build_model",
-           "train_task", "train_sentiment", "train_multitask", "accuracy", "sentence_embeddings", "fit_probe"]
+           "train_task", "train_sentiment", "train_multitask", "accuracy", "task_accuracies", "sentence_embeddings",
+           "fit_probe"]
 
 STEPS = 100  # one epoch of the 1,600 training reviews in batches of 16
 BATCH = 16
@@ -207,3 +210,19 @@ def fit_probe(features: dict[str, np.ndarray], labels: dict[str, np.ndarray], C:
     """A logistic regression on ``features["train"]``, fitted to convergence; its validation accuracy."""
     probe = LogisticRegression(C=C, max_iter=10_000, tol=1e-6).fit(features["train"], labels["train"])
     return probe, float(probe.score(features["validation"], labels["validation"]))
+
+
+def task_accuracies(model: nn.Module, tokenizer, vector: Mapping[str, torch.Tensor] | None,
+                    heads: Mapping[str, nn.Module], split: str) -> dict[str, float]:
+    """``{task: accuracy}`` on ``split`` of a plain ``load_encoder`` classifier with ``vector`` added
+    to its body (``None``: the pretrained body) and each task's head in place of ``classifier``."""
+    original = model.classifier
+    out = {}
+    try:
+        with added(model, vector or {}):
+            for task, head in heads.items():
+                model.classifier = head
+                out[task] = accuracy(model, tokenizer, split, task)
+    finally:
+        model.classifier = original
+    return out

@@ -9,10 +9,10 @@
 """
 from __future__ import annotations
 
-from ..config import LoRAConfig
-from ..counting import LLAMA2, llama2_config, lora_count
+from ...config import LoRAConfig
+from ...counting import LLAMA2, llama2_config, lora_count
+from ...memory import MemoryBreakdown
 from ..distributed import STAGES, effective_batch_size, sharded_bytes
-from ..memory import MemoryBreakdown
 from ._core import Hint, checker
 
 __all__ = ["check_allreduce_bytes", "check_zero_bytes_per_gpu", "check_batch_and_steps"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import LoRALinear
+from ...layers import LoRALinear
 from ._core import Hint, checker
 
 

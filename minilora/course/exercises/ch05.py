@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from ..config import LoRAConfig
-from ..inject import inject_lora
+from ...config import LoRAConfig
+from ...inject import inject_lora
 from ..models import ENCODER_DIR, SentenceClassifier, model_path
 from ._core import Hint, checker
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..merging import calculate_majority_sign_mask, magnitude_prune, prune, ties
+from ...merging import calculate_majority_sign_mask, magnitude_prune, prune, ties
 from ._core import Hint, checker
 
 __all__ = ["TIES_EXAMPLE", "TIES_DENSITY", "check_majority_sign_mask", "check_dare", "check_ties_by_hand"]

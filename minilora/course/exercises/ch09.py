@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, BertConfig
 
-from ..analysis import subspace_similarity
-from ..config import LoRAConfig
-from ..counting import lora_count, meta_model
+from ...analysis import subspace_similarity
+from ...config import LoRAConfig
+from ...counting import lora_count, meta_model
 from ..models import ENCODER_DIR, AssetsMissing, model_path
 from ._core import Hint, checker
 
