@@ -20,8 +20,11 @@ __all__ = ["seed_everything"]
 
 def seed_everything(seed: int = 0) -> None:
     """Seed ``random``, NumPy and torch (CPU and, if present, CUDA) with ``seed``."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise TypeError(f"seed must be an int in [0, 2**32), got {seed!r}; e.g. seed_everything(0).")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int in [0, 2**32), got {seed!r} ({type(seed).__name__}); "
+                        "e.g. seed_everything(0).")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}; e.g. seed_everything(0).")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -25,9 +25,10 @@ def test_seed_everything_makes_random_numpy_and_torch_reproducible():
         assert a != b
 
 
-@pytest.mark.parametrize("bad", [1.5, "0", None, -1, True])
-def test_seed_everything_rejects_a_bad_seed(bad):
-    with pytest.raises(TypeError, match="seed_everything"):
+@pytest.mark.parametrize("bad, error", [(1.5, TypeError), ("0", TypeError), (None, TypeError), (True, TypeError),
+                                        (-1, ValueError), (2**32, ValueError)])
+def test_seed_everything_rejects_a_bad_seed(bad, error):
+    with pytest.raises(error, match="seed_everything"):
         utils.seed_everything(bad)
 
 
