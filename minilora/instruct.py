@@ -45,6 +45,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .utils import check_bool, check_int
+
 __all__ = ["END_OF_TURN", "SYSTEM", "IGNORE_INDEX", "CUT", "end_of_turn_id", "prompt_text", "encode_example",
            "ChatCollator", "left_pad", "generate", "answer_rows", "token_budgets", "exact_match",
            "evaluate_exact_match", "normalise", "contains_answer", "evaluate_contains"]
@@ -118,6 +120,8 @@ class ChatCollator:
 
     def __init__(self, tokenizer, system: str | None = SYSTEM, mask_prompt: bool = True,
                  max_length: int | None = None):
+        check_bool(mask_prompt, "mask_prompt")
+        check_int(max_length, "max_length", optional=True)
         self.tokenizer, self.system, self.mask_prompt, self.max_length = tokenizer, system, mask_prompt, max_length
         self.pad_id = end_of_turn_id(tokenizer)
 
@@ -174,9 +178,9 @@ def generate(model: nn.Module, tokenizer, instructions: Sequence[str], system: s
     with ``CUT`` at its end (so that it never counts as an exact match)."""
     if isinstance(instructions, str):
         raise TypeError("instructions must be a list of strings; wrap a single one as [instruction].")
-    for arg, v in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ValueError(f"{arg} must be a positive integer, got {v!r}.")
+    check_int(max_new_tokens, "max_new_tokens")
+    check_int(batch_size, "batch_size")
+    check_bool(progress, "progress")
     end = end_of_turn_id(tokenizer)
     prompts = [tokenizer(prompt_text(tokenizer, x, system), add_special_tokens=False)["input_ids"]
                for x in instructions]
@@ -211,14 +215,14 @@ def answer_rows(model: nn.Module, tokenizer, rows: Sequence[Mapping[str, str]],
     by_skill: dict[str, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
         by_skill[row.get("skill", "")].append(i)
+    budgets = max_new_tokens if isinstance(max_new_tokens, Mapping) else dict.fromkeys(by_skill, max_new_tokens)
+    for skill in by_skill:  # every budget checked before the first answer is generated
+        if skill not in budgets:
+            raise ValueError(f"max_new_tokens has no budget for skill {skill!r}; it has {sorted(budgets)}.")
+        check_int(budgets[skill], f"max_new_tokens for skill {skill!r}")
     for skill, idx in by_skill.items():
-        if isinstance(max_new_tokens, Mapping):
-            if skill not in max_new_tokens:
-                raise ValueError(f"max_new_tokens has no budget for skill {skill!r}; it has {sorted(max_new_tokens)}.")
-            budget = max_new_tokens[skill]
-        else:
-            budget = max_new_tokens
-        outs = generate(model, tokenizer, [rows[i]["instruction"] for i in idx], system, budget, batch_size, progress)
+        outs = generate(model, tokenizer, [rows[i]["instruction"] for i in idx], system, budgets[skill], batch_size,
+                        progress)
         for i, a in zip(idx, outs):
             answers[i] = a
     return answers
@@ -228,6 +232,7 @@ def token_budgets(tokenizer, rows: Iterable[Mapping[str, str]], slack: int = 2) 
     """Per skill: the longest reference answer in tokens, + 1 for ``<|im_end|>``, + ``slack``.
 
     The slack lets an answer that runs on past the right one show that it does (and be cut)."""
+    check_int(slack, "slack", minimum=0)
     budgets: dict[str, int] = {}
     for row in rows:
         n = len(tokenizer(row["response"], add_special_tokens=False)["input_ids"]) + 1 + slack
@@ -235,19 +240,30 @@ def token_budgets(tokenizer, rows: Iterable[Mapping[str, str]], slack: int = 2) 
     return budgets
 
 
+def _json_reference(reference: str):
+    """The parsed reference answer; a reference that is not JSON is the caller's bug, not a wrong answer."""
+    try:
+        return json.loads(reference)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"the reference answer {reference!r} is not valid JSON ({err}), so nothing can match it "
+                         "as_json=True: fix the reference, or compare it as text with as_json=False.") from None
+
+
 def exact_match(prediction: str, reference: str, as_json: bool = False) -> bool:
     """True when ``prediction`` equals ``reference`` after trimming whitespace.
 
     ``as_json``: compare the parsed JSON values instead (key order and spacing do not matter); a
-    prediction that is not exactly one JSON value -- e.g. JSON followed by more text -- is wrong."""
+    prediction that is not exactly one JSON value -- e.g. JSON followed by more text -- is wrong, and a
+    reference that is not JSON is a ``ValueError`` (the caller's bug)."""
     if not isinstance(prediction, str) or not isinstance(reference, str):
         raise TypeError(f"prediction and reference must be strings, got {type(prediction).__name__} "
                         f"and {type(reference).__name__}.")
     if not as_json:
         return prediction.strip() == reference.strip()
+    want = _json_reference(reference)
     try:
-        return json.loads(prediction) == json.loads(reference)
-    except json.JSONDecodeError:
+        return json.loads(prediction) == want
+    except json.JSONDecodeError:  # a prediction that is not JSON is simply wrong
         return False
 
 
@@ -261,13 +277,13 @@ def contains_answer(prediction: str, reference: str, as_json: bool = False) -> b
 
     Text: the normalised reference (``normalise``) occurs in the normalised prediction as a whole
     word or number ("48" is in "the answer is 48.", not in "148"). ``as_json``: some JSON object in
-    the prediction parses to the reference's value. It separates *knowing* the answer from *giving
-    it in the asked format*, which ``exact_match`` requires too."""
+    the prediction parses to the reference's value (a reference that is not JSON: ``ValueError``). It
+    separates *knowing* the answer from *giving it in the asked format*, which ``exact_match`` requires too."""
     if not isinstance(prediction, str) or not isinstance(reference, str):
         raise TypeError(f"prediction and reference must be strings, got {type(prediction).__name__} "
                         f"and {type(reference).__name__}.")
     if as_json:
-        want, decoder = json.loads(reference), json.JSONDecoder()
+        want, decoder = _json_reference(reference), json.JSONDecoder()
         for start in (i for i, ch in enumerate(prediction) if ch == "{"):
             try:
                 if decoder.raw_decode(prediction, start)[0] == want:

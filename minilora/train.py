@@ -26,22 +26,30 @@ per epoch -- a ``DataLoader``, or a plain list of batches -- yielding either
   transformers model computes it from ``"labels"``. If ``loss_fn`` is given instead, ``"labels"`` is
   taken out of the dict and the loss is ``loss_fn(outputs.logits, labels)``.
 
+**One step** is ``train_step(model, [batch, ...], optimizer)``: the mean loss of its micro-batches,
+backward, optional clipping, the optimiser's step; ``fit`` is a loop of them. An optimiser of your own
+must hold every trainable parameter: one built before ``inject_lora`` holds only the old weights (now
+frozen) and would train nothing, so ``fit`` and ``train_step`` refuse it before any step.
+
 Tensors are moved to the device of the model's first parameter. Nothing is seeded here: seeding
 (``minilora.seed_everything``) and shuffling are the caller's job.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["History", "evaluate", "fit"]
+from .utils import check_bool, check_int, check_number
+
+__all__ = ["History", "evaluate", "fit", "train_step"]
 
 
 @dataclass
@@ -97,35 +105,31 @@ def _logits(out: Any) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.logits
 
 
+def _check_batch(batch: Any) -> None:
+    if not (isinstance(batch, Mapping) or isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise ValueError(f"a batch must be a tuple (x, y) or a dict with 'labels', got {type(batch).__name__}"
+                         + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "") + ".")
+
+
 def _forward(model: nn.Module, batch: Any, loss_fn: Callable | None
              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int]:
     """Run one batch; return (loss, logits, labels, batch size) following the batch protocol."""
+    _check_batch(batch)
     if isinstance(batch, Mapping):
         batch = dict(batch)
-        if loss_fn is not None:
-            if "labels" not in batch:
-                raise ValueError("a dict batch with loss_fn needs a 'labels' entry.")
-            labels = batch.pop("labels")
-            out = model(**batch)
-            logits = _logits(out)
-            loss = loss_fn(logits, labels)
-        else:
-            labels = batch.get("labels")
-            out = model(**batch)
-            loss = getattr(out, "loss", None)
-            if loss is None:
-                raise ValueError("the model returned no .loss: put 'labels' in the dict batch "
-                                 "(transformers models then compute the loss), or pass loss_fn.")
-            logits = getattr(out, "logits", None)
-        n = len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
-        return loss, logits, labels, n
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        x, y = batch
-        logits = _logits(model(x))
-        loss = (loss_fn or F.cross_entropy)(logits, y)
-        return loss, logits, y, len(y)
-    raise ValueError(f"a batch must be a tuple (x, y) or a dict with 'labels', got {type(batch).__name__}"
-                     + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "") + ".")
+        if loss_fn is not None and "labels" not in batch:
+            raise ValueError("a dict batch with loss_fn needs a 'labels' entry.")
+        labels = batch.pop("labels") if loss_fn is not None else batch.get("labels")
+        out = model(**batch)
+        logits = _logits(out) if loss_fn is not None else getattr(out, "logits", None)
+        loss = loss_fn(logits, labels) if loss_fn is not None else getattr(out, "loss", None)
+        if loss is None:
+            raise ValueError("the model returned no .loss: put 'labels' in the dict batch "
+                             "(transformers models then compute the loss), or pass loss_fn.")
+        return loss, logits, labels, len(next(v for v in batch.values() if isinstance(v, torch.Tensor)))
+    x, y = batch
+    logits = _logits(model(x))
+    return (loss_fn or F.cross_entropy)(logits, y), logits, y, len(y)
 
 
 @torch.no_grad()
@@ -153,6 +157,63 @@ def evaluate(model: nn.Module, loader: Iterable, loss_fn: Callable | None = None
     return {"loss": loss_sum / total, "accuracy": correct / n_acc if n_acc else math.nan}
 
 
+def _check_optimizer(model: nn.Module, optimizer: Any) -> None:
+    """A TypeError unless ``optimizer`` is a torch optimiser; a ValueError unless it holds (by identity) every
+    trainable parameter of ``model``. Frozen ones besides are harmless: an optimiser skips a parameter without
+    a gradient, so ``AdamW(model.parameters())`` built after ``inject_lora`` is fine."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}; e.g. "
+                        "torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3).")
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in held]
+    if missing:
+        shown = ", ".join(map(repr, missing[:3])) + (", ..." if len(missing) > 3 else "")
+        none = " (it holds frozen parameters only)" if len(missing) == len(trainable) else ""
+        raise ValueError(f"the optimizer does not hold {len(missing)} of the model's {len(trainable)} trainable "
+                         f"parameters ({shown}){none}, so they would never change: it was built before inject_lora, "
+                         "set_adapter or mark_only_lora_as_trainable made them trainable. Build it after that, "
+                         "from the trainable parameters: "
+                         "torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=...).")
+
+
+def train_step(model: nn.Module, batches: Sequence, optimizer: torch.optim.Optimizer, *,
+               loss_fn: Callable | None = None, max_grad_norm: float | None = None, scheduler: Any = None) -> float:
+    """One optimiser step on the micro-batches ``batches`` (``[batch]`` for a plain step); returns their mean loss.
+
+    Stale gradients are discarded; each micro-batch's loss is divided by ``len(batches)`` before
+    ``backward``, so the gradients add up to the gradient of the mean loss (gradient accumulation); the
+    total gradient norm of the model's trainable parameters is clipped to ``max_grad_norm`` (if given);
+    the optimiser steps; the gradients are set to None; ``scheduler`` (if given) steps. The model runs in
+    the mode it is in (call ``model.train()`` first; ``fit`` does). A non-finite loss raises
+    ``FloatingPointError``. ``fit`` is a loop of these steps; chapter 11's multi-task loop too."""
+    if not isinstance(batches, (list, tuple)):
+        raise TypeError(f"batches must be a list of batches, one per micro-batch, got {type(batches).__name__}; "
+                        "pass [batch] for a step on one batch.")
+    if not batches:
+        raise ValueError("batches is empty: a step needs at least one batch; pass [batch].")
+    for batch in batches:
+        _check_batch(batch)  # e.g. train_step(model, (x, y), ...) instead of [(x, y)]
+    _check_optimizer(model, optimizer)
+    check_number(max_grad_norm, "max_grad_norm", low=0, low_open=True, optional=True, hint="(None: no clipping)")
+    params, device, total = [p for p in model.parameters() if p.requires_grad], _device(model), 0.0
+    optimizer.zero_grad(set_to_none=True)
+    for batch in batches:
+        loss, *_ = _forward(model, _to(batch, device), loss_fn)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the loss became {float(loss.detach())}; lower the learning rate or set "
+                                     "max_grad_norm.")
+        (loss / len(batches)).backward()
+        total += float(loss.detach())
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
+    return total / len(batches)
+
+
 def fit(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, lr: float | None = None,
         optimizer: torch.optim.Optimizer | None = None, weight_decay: float = 0.0,
         loss_fn: Callable | None = None, val_loader: Iterable | None = None,
@@ -163,36 +224,38 @@ def fit(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, lr: float 
 
     Args:
         epochs: passes over ``train_loader`` (see the module docstring for the batch protocol).
-        lr: learning rate of the default AdamW (1e-3 if not given). optimizer: your own instead
-            (then leave ``lr`` and ``weight_decay`` unset). weight_decay: AdamW's decoupled decay.
+        lr: learning rate of the default AdamW (1e-3 if not given). weight_decay: AdamW's decoupled decay.
+        optimizer: your own instead (then leave ``lr`` and ``weight_decay`` unset). It must hold every
+            trainable parameter, so build it *after* ``inject_lora`` / ``set_adapter``; one built before
+            is refused (it would train nothing new). Frozen parameters besides are harmless.
         val_loader: evaluated every ``eval_every`` steps, or at the end of each epoch if None,
             and always after the last step.
-        max_steps: stop after this many optimiser steps. grad_accum_steps: batches per step.
-        max_grad_norm: clip the total gradient norm of the trainable parameters to this.
-        scheduler: a ``torch.optim.lr_scheduler`` object, stepped after every optimiser step.
+        max_steps: stop after this many optimiser steps. grad_accum_steps: batches per step (an epoch's
+            leftover batches make one last, smaller step). max_grad_norm: clip the total gradient norm of
+            the trainable parameters to this. scheduler: a ``torch.optim.lr_scheduler`` object, stepped
+            after every optimiser step. Each step is one ``train_step``.
         progress: show a tqdm bar. name: label used by ``plots.loss_curves``.
+
+    Every argument is checked before anything changes: a refused call leaves the model as it was.
     """
-    if not isinstance(epochs, int) or epochs < 1:
-        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}.")
-    for arg, v in (("eval_every", eval_every), ("max_steps", max_steps)):
-        if v is not None and (not isinstance(v, int) or v < 1):
-            raise ValueError(f"{arg} must be a positive integer or None, got {v!r}.")
-    if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
-        raise ValueError(f"grad_accum_steps must be an integer >= 1, got {grad_accum_steps!r}.")
-    if max_grad_norm is not None and not max_grad_norm > 0:
-        raise ValueError(f"max_grad_norm must be > 0 (or None for no clipping), got {max_grad_norm!r}.")
+    for arg, value, optional in (("epochs", epochs, False), ("eval_every", eval_every, True),
+                                 ("max_steps", max_steps, True), ("grad_accum_steps", grad_accum_steps, False)):
+        check_int(value, arg, optional=optional)
+    check_number(max_grad_norm, "max_grad_norm", low=0, low_open=True, optional=True, hint="(None: no clipping)")
+    check_number(lr, "lr", low=0, low_open=True, optional=True)
+    check_number(weight_decay, "weight_decay", low=0)
+    check_bool(progress, "progress")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters (all requires_grad=False); "
                          "mark the ones to train, e.g. with mark_only_lora_as_trainable(model).")
     if optimizer is None:
-        lr = 1e-3 if lr is None else lr
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr!r}.")
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        optimizer = torch.optim.AdamW(params, lr=1e-3 if lr is None else lr, weight_decay=weight_decay)
     elif lr is not None or weight_decay:
         raise ValueError("pass either optimizer or lr/weight_decay, not both: "
                          "set the learning rate when you build your optimizer.")
+    else:
+        _check_optimizer(model, optimizer)
     try:
         per_epoch = math.ceil(len(train_loader) / grad_accum_steps)  # type: ignore[arg-type]
     except TypeError:
@@ -204,7 +267,7 @@ def fit(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, lr: float 
         total = min(total, max_steps) if total is not None else max_steps
 
     hist = History(name=name, n_trainable=sum(p.numel() for p in params))
-    device, was_training = _device(model), model.training
+    was_training = model.training
 
     def validate() -> None:
         if val_loader is not None and (not hist.val_step or hist.val_step[-1] != hist.steps):
@@ -215,41 +278,27 @@ def fit(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, lr: float 
             model.train()
 
     model.train()
-    optimizer.zero_grad(set_to_none=True)  # no stale gradients from before the call
     bar = tqdm(total=total, desc=name or "training", disable=not progress, mininterval=0.5)
     try:
         for _ in range(epochs):
-            micro, acc_loss, t0 = 0, 0.0, time.perf_counter()
-            for batch in train_loader:
-                loss, *_ = _forward(model, _to(batch, device), loss_fn)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"the loss became {float(loss.detach())} at step {hist.steps + 1}; "
-                                             "lower the learning rate or set max_grad_norm.")
-                (loss / grad_accum_steps).backward()
-                acc_loss, micro = acc_loss + float(loss.detach()), micro + 1
-                if micro < grad_accum_steps:
-                    continue
-                _step(optimizer, scheduler, params, max_grad_norm)
-                hist.train_loss.append(acc_loss / micro)
+            batches = iter(train_loader)
+            while max_steps is None or hist.steps < max_steps:
+                t0 = time.perf_counter()
+                micro = list(itertools.islice(batches, grad_accum_steps))
+                if not micro:  # the epoch is over
+                    break
+                try:
+                    loss = train_step(model, micro, optimizer, loss_fn=loss_fn, max_grad_norm=max_grad_norm,
+                                      scheduler=scheduler)
+                except FloatingPointError as err:
+                    raise FloatingPointError(f"at step {hist.steps + 1}: {err}") from None
+                hist.train_loss.append(loss)
                 hist.lr.append(optimizer.param_groups[0]["lr"])
                 hist.step_time.append(time.perf_counter() - t0)
                 bar.update(1)
-                bar.set_postfix(loss=f"{hist.train_loss[-1]:.4f}", refresh=False)  # redrawn every 0.5 s
-                micro, acc_loss = 0, 0.0
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # redrawn every 0.5 s
                 if eval_every is not None and hist.steps % eval_every == 0:
                     validate()
-                if max_steps is not None and hist.steps >= max_steps:
-                    break
-                t0 = time.perf_counter()
-            if micro:  # leftover micro-batches at the end of the epoch still make one step
-                for p in params:  # their losses were divided by grad_accum_steps, not by micro
-                    if p.grad is not None:
-                        p.grad.mul_(grad_accum_steps / micro)
-                _step(optimizer, scheduler, params, max_grad_norm)
-                hist.train_loss.append(acc_loss / micro)
-                hist.lr.append(optimizer.param_groups[0]["lr"])
-                hist.step_time.append(time.perf_counter() - t0)
-                bar.update(1)
             hist.epoch_end_step.append(hist.steps)
             if eval_every is None:
                 validate()
@@ -260,13 +309,3 @@ def fit(model: nn.Module, train_loader: Iterable, *, epochs: int = 1, lr: float 
         bar.close()
         model.train(was_training)
     return hist
-
-
-def _step(optimizer: torch.optim.Optimizer, scheduler: Any, params: list[torch.Tensor],
-          max_grad_norm: float | None) -> None:
-    if max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if scheduler is not None:
-        scheduler.step()

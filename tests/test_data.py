@@ -1,7 +1,6 @@
 """The sentiment dataset (data/sentiment) and its loader (minilora.course.data)."""
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections import Counter
 from pathlib import Path
@@ -28,15 +27,8 @@ def splits() -> dict[str, list[dict]]:
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from minilora.course.models import ENCODER_DIR, AssetsMissing, model_path
-
-    try:
-        return AutoTokenizer.from_pretrained(model_path(ENCODER_DIR))
-    except AssetsMissing as err:
-        pytest.skip(str(err))
+def tokenizer(encoder_tokenizer):
+    return encoder_tokenizer  # MiniLM's (tests/conftest.py), loaded once per session
 
 
 def word_set(text: str) -> frozenset[str]:
@@ -112,9 +104,7 @@ def test_the_near_duplicate_threshold_means_what_it_says():
 
 
 def test_generator_reproduces_the_committed_files(splits):
-    spec = importlib.util.spec_from_file_location("make_sentiment_data", ROOT / "tools" / "make_sentiment_data.py")
-    gen = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gen)
+    from tools import make_sentiment_data as gen
     generated, _ = gen.Gen().generate()
     for split in SIZES:
         committed = (ROOT / "data" / "sentiment" / f"{split}.csv").read_text(encoding="utf-8")
@@ -229,6 +219,22 @@ def test_group_by_length_pads_less_and_is_seeded_per_epoch(splits, tokenizer):
 def test_loader_rejects_bad_arguments(splits, tokenizer, kwargs, error):
     with pytest.raises(ValueError, match=error):
         make_loader(splits["test"], tokenizer, **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"batch_size": True}, "batch_size"), ({"batch_size": 16.0}, "batch_size"), ({"max_length": "64"}, "max_length"),
+    ({"shuffle": 1}, "shuffle"), ({"group_by_length": None}, "group_by_length"),
+])
+def test_loader_arguments_of_the_wrong_type_are_type_errors(splits, kwargs, name):
+    with pytest.raises(TypeError, match=f"^{name} must be"):
+        make_loader(splits["test"], lambda texts: None, **kwargs)
+
+
+def test_length_grouping_checks_its_arguments():
+    with pytest.raises(ValueError, match="^window must be an integer >= 1"):
+        data.length_grouped_batches([3, 4], batch_size=2, window=0)
+    with pytest.raises(TypeError, match="^batch_size must be an integer"):
+        data.LengthGroupedBatchSampler([3, 4], batch_size=2.0)
 
 
 def test_loader_rejects_bad_rows(tokenizer):

@@ -155,9 +155,14 @@ def test_check_world_size():
     assert distributed.check_world_size(16, 2) == 8
     with pytest.raises(ValueError, match=r"does not divide the global batch of 16.*\[1, 2, 4, 8, 16\]"):
         distributed.check_world_size(16, 3)
-    for bad in (0, -2, 2.0, True):
-        with pytest.raises(ValueError, match="positive integer"):
+    for bad in (0, -2):
+        with pytest.raises(ValueError, match="^world_size must be an integer >= 1"):
             distributed.check_world_size(16, bad)
+    for bad in (2.0, True):
+        with pytest.raises(TypeError, match="^world_size must be an integer >= 1"):
+            distributed.check_world_size(16, bad)
+    with pytest.raises(TypeError, match="^nproc must be an integer"):
+        distributed.launch(SCRIPT, [], nproc=2.0)  # refused before torchrun starts
 
 
 def test_require_torchrun(monkeypatch):
@@ -176,8 +181,10 @@ def test_effective_batch_and_ring_bytes():
         distributed.effective_batch_size(8, 0, 2)
     assert distributed.ring_allreduce_bytes(1000, 8) == 1750
     assert distributed.ring_allreduce_bytes(1000, 1) == 0
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="payload"):
         distributed.ring_allreduce_bytes(-1, 2)
+    with pytest.raises(TypeError, match="^per_device must be an integer"):
+        distributed.effective_batch_size(True, 1, 2)
 
 
 def test_sharded_bytes_follow_the_zero_paper():
@@ -198,6 +205,8 @@ def test_set_dropout_and_the_collator(tiny):
     assert all(m.p == 0.0 for m in model.modules() if isinstance(m, torch.nn.Dropout))
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         distributed.set_dropout(model, 1.0)
+    with pytest.raises(TypeError, match=r"\[0, 1\)"):
+        distributed.set_dropout(model, "0.1")
     model, tokenizer = build_model(SETUPS["LoRA r=8"], seed=0)
     rows = load_sentiment("validation")[:3]
     batch = distributed.text_collator(tokenizer)(rows)

@@ -38,26 +38,14 @@ ROWS = [
 
 
 @pytest.fixture(scope="module")
-def tok():
-    from transformers import AutoTokenizer
-
-    from minilora.course.models import CHAT_DIR, AssetsMissing, model_path
-
-    try:
-        return AutoTokenizer.from_pretrained(model_path(CHAT_DIR))
-    except AssetsMissing as err:
-        pytest.skip(str(err))
+def tok(chat_tokenizer):
+    return chat_tokenizer  # SmolLM2's (tests/conftest.py), loaded once per session
 
 
-def tiny_llama(tok, seed=0):
-    """A 2-layer random Llama with SmolLM2's vocabulary, in float64 (no ties in argmax)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    return LlamaForCausalLM(cfg).double().eval()
+def tiny_llama(tiny, tok, seed=0):
+    """conftest's tiny Llama with SmolLM2's vocabulary, in float64 (no ties in argmax)."""
+    return tiny.llama(seed, vocab_size=len(tok), max_position_embeddings=256, tie_word_embeddings=False,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=2).double()
 
 
 # ----- collator -----------------------------------------------------------------------------
@@ -107,8 +95,8 @@ def test_collator_pads_on_the_right(tok):
         assert batch["labels"][i, :n].tolist() == ex["labels"]
 
 
-def test_model_loss_is_the_mean_nll_of_the_response_tokens(tok):
-    model = tiny_llama(tok)
+def test_model_loss_is_the_mean_nll_of_the_response_tokens(tiny, tok):
+    model = tiny_llama(tiny, tok)
     batch = ChatCollator(tok)(ROWS)
     loss = model(**batch).loss
     nll, count = 0.0, 0
@@ -135,6 +123,10 @@ def test_collator_rejects_bad_rows(tok):
         ChatCollator(tok, max_length=8)(ROWS)
     with pytest.raises(ValueError, match="non-empty"):
         col([{"instruction": "hi", "response": "  "}])
+    with pytest.raises(ValueError, match="^max_length must be an integer >= 1 or None"):
+        ChatCollator(tok, max_length=0)
+    with pytest.raises(TypeError, match="^mask_prompt must be True or False"):
+        ChatCollator(tok, mask_prompt="yes")
 
 
 def test_length_grouped_batches_cover_everything_once_with_less_padding():
@@ -164,8 +156,8 @@ def test_left_pad():
     assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
-def test_batched_generation_equals_one_at_a_time(tok):
-    model = tiny_llama(tok)
+def test_batched_generation_equals_one_at_a_time(tiny, tok):
+    model = tiny_llama(tiny, tok)
     instructions = [r["instruction"] for r in ROWS] + ["Hi", "Tell me a long story about a very small LoRA."]
     batched = generate(model, tok, instructions, max_new_tokens=6, batch_size=8)
     single = [generate(model, tok, [x], max_new_tokens=6)[0] for x in instructions]
@@ -184,9 +176,9 @@ def test_batched_generation_equals_one_at_a_time(tok):
         assert got == (want if len(new) < 6 else want + CUT)
 
 
-def fixed_output_model(tok, token_id):
+def fixed_output_model(tiny, tok, token_id):
     """A tiny Llama whose greedy choice is always ``token_id`` (a head with a dominant bias)."""
-    model = tiny_llama(tok)
+    model = tiny_llama(tiny, tok)
     head = nn.Linear(32, len(tok), bias=True).double()
     with torch.no_grad():
         head.weight.zero_()
@@ -196,30 +188,30 @@ def fixed_output_model(tok, token_id):
     return model
 
 
-def test_generation_stops_at_end_of_turn(tok):
-    model = fixed_output_model(tok, end_of_turn_id(tok))
+def test_generation_stops_at_end_of_turn(tiny, tok):
+    model = fixed_output_model(tiny, tok, end_of_turn_id(tok))
     assert generate(model, tok, ["a", "bb bb"], max_new_tokens=5) == ["", ""]
 
 
-def test_an_answer_that_does_not_end_is_marked_cut(tok):
+def test_an_answer_that_does_not_end_is_marked_cut(tiny, tok):
     x = tok.convert_tokens_to_ids("x")
-    model = fixed_output_model(tok, x)
+    model = fixed_output_model(tiny, tok, x)
     (answer,) = generate(model, tok, ["a"], max_new_tokens=4)
     assert answer == "xxxx" + CUT
     assert not exact_match(answer, "xxxx")
 
 
-def test_generation_keeps_the_input_order_and_the_training_mode(tok):
-    model = tiny_llama(tok).train()
+def test_generation_keeps_the_input_order_and_the_training_mode(tiny, tok):
+    model = tiny_llama(tiny, tok).train()
     xs = ["a much longer instruction than the others", "b", "c c c"]
     out = generate(model, tok, xs, max_new_tokens=3, batch_size=2)
     assert out == [generate(model, tok, [x], max_new_tokens=3)[0] for x in xs]
     assert model.training
 
 
-def test_answer_rows_uses_each_skills_budget(tok):
+def test_answer_rows_uses_each_skills_budget(tiny, tok):
     x = tok.convert_tokens_to_ids("x")
-    model = fixed_output_model(tok, x)
+    model = fixed_output_model(tiny, tok, x)
     out = answer_rows(model, tok, ROWS, {"iso_date": 2, "arithmetic": 1, "json": 3})
     assert out == ["xx" + CUT, "x" + CUT, "xxx" + CUT]
     with pytest.raises(ValueError, match="no budget"):
@@ -228,12 +220,21 @@ def test_answer_rows_uses_each_skills_budget(tok):
     assert budgets["arithmetic"] == len(tok("85", add_special_tokens=False)["input_ids"]) + 3
 
 
-def test_generate_rejects_bad_arguments(tok):
-    model = tiny_llama(tok)
+def test_generate_rejects_bad_arguments(tiny, tok):
+    model = tiny_llama(tiny, tok)
     with pytest.raises(TypeError, match="list"):
         generate(model, tok, "one instruction")
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(model, tok, ["a"], max_new_tokens=0)
+    for bad in (True, 2.0):  # a bool or a float is not a token count
+        with pytest.raises(TypeError, match="^max_new_tokens must be an integer"):
+            generate(model, tok, ["a"], max_new_tokens=bad)
+    with pytest.raises(TypeError, match="^batch_size must be an integer"):
+        generate(model, tok, ["a"], batch_size=1.5)
+    with pytest.raises(ValueError, match="max_new_tokens for skill 'json'"):  # refused before any answer
+        answer_rows(model, tok, ROWS, {"iso_date": 2, "arithmetic": 2, "json": 0})
+    with pytest.raises(ValueError, match="^slack must be an integer >= 0"):
+        token_budgets(tok, ROWS, slack=-1)
 
 
 # ----- exact match --------------------------------------------------------------------------
@@ -331,6 +332,19 @@ def test_contains_answer_is_lenient_about_format_only(prediction, reference, as_
     assert contains_answer(prediction, reference, as_json=as_json) is expected
     if expected and exact_match(prediction, reference, as_json=as_json):
         assert contains_answer(prediction, reference, as_json=as_json)  # exact implies contained
+
+
+def test_a_reference_that_is_not_json_is_an_error_a_prediction_that_is_not_is_a_miss():
+    for match in (exact_match, contains_answer):
+        assert match("no JSON here {oops", AMARA, as_json=True) is False  # the model's answer: simply wrong
+        with pytest.raises(ValueError, match=r"the reference answer 'Amara, 79' is not valid JSON.*as_json=False"):
+            match(AMARA, "Amara, 79", as_json=True)  # the caller's data: a bug to report, never a silent 0
+        assert match("Amara, 79", "Amara, 79") is True  # as text it is fine
+    rows = [{"skill": "json", "response": "Amara, 79"}]
+    with pytest.raises(ValueError, match="not valid JSON"):
+        evaluate_exact_match([AMARA], rows)
+    with pytest.raises(ValueError, match="not valid JSON"):
+        evaluate_contains([AMARA], rows)
 
 
 def test_evaluate_contains_scores_per_skill():

@@ -59,6 +59,10 @@ def test_the_classifier_is_minilm_mean_pooled_then_linear(encoder):
 def test_bad_num_labels():
     with pytest.raises(ValueError, match="num_labels must be an integer >= 2"):
         SentenceClassifier(tiny_classifier().bert, num_labels=1)
+    with pytest.raises(TypeError, match="num_labels must be an integer >= 2"):
+        SentenceClassifier(tiny_classifier().bert, num_labels=True)
+    with pytest.raises(ValueError, match="num_labels must be an integer >= 2 or None"):
+        load_encoder(num_labels=1)  # refused before anything is loaded (so even without the cached model)
 
 
 def test_peft_get_peft_model_takes_it_like_a_transformers_classifier():

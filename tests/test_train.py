@@ -1,13 +1,17 @@
 """minilora.train: fit / evaluate on a learnable toy problem, plain modules and transformers models."""
 import math
+import re
 
 import pytest
+import snapshot
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
+from minilora.config import LoRAConfig
+from minilora.inject import inject_lora
 from minilora.layers import LoRALinear
-from minilora.train import History, evaluate, fit
+from minilora.train import History, evaluate, fit, train_step
 
 
 @pytest.fixture(scope="module")
@@ -146,15 +150,17 @@ def test_bad_arguments_raise():
         fit(mlp(), data, lr=-1.0)
     with pytest.raises(ValueError, match="max_steps"):
         fit(mlp(), data, max_steps=0)
-    with pytest.raises(ValueError, match="eval_every"):
-        fit(mlp(), data, eval_every=1.5)
     with pytest.raises(ValueError, match="max_grad_norm"):
         fit(mlp(), data, max_grad_norm=0)
     with pytest.raises(ValueError, match="grad_accum_steps"):
         fit(mlp(), data, grad_accum_steps=0)
+    with pytest.raises(ValueError, match="weight_decay"):
+        fit(mlp(), data, weight_decay=-0.1)
     m = mlp()
     with pytest.raises(ValueError, match="either optimizer or lr"):
         fit(m, data, optimizer=torch.optim.SGD(m.parameters(), lr=0.1), lr=0.1)
+    with pytest.raises(TypeError, match="torch.optim.Optimizer"):
+        fit(m, data, optimizer="adamw")
     frozen = mlp().requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         fit(frozen, data)
@@ -164,6 +170,103 @@ def test_bad_arguments_raise():
         fit(mlp(), [], progress=False)
     with pytest.raises(ValueError, match="no batches"):
         evaluate(mlp(), [])
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"epochs": True}, "epochs"), ({"epochs": 2.0}, "epochs"), ({"eval_every": 1.5}, "eval_every"),
+    ({"max_steps": "3"}, "max_steps"), ({"grad_accum_steps": True}, "grad_accum_steps"), ({"lr": "1e-3"}, "lr"),
+    ({"max_grad_norm": True}, "max_grad_norm"), ({"weight_decay": None}, "weight_decay"),
+    ({"progress": 1}, "progress"),
+])
+def test_arguments_of_the_wrong_type_are_type_errors_and_change_nothing(kwargs, name):
+    model = mlp()
+    before = snapshot.take(model)
+    with pytest.raises(TypeError, match=f"^{name} must be"):
+        fit(model, [(torch.randn(4, 64), torch.randint(0, 10, (4,)))], **kwargs)
+    snapshot.assert_same(before, model)
+
+
+def _dict_batches(n=3, size=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(0, 100, (size, 10), generator=g),
+             "labels": torch.randint(0, 3, (size,), generator=g)} for _ in range(n)]
+
+
+def test_an_optimizer_built_before_inject_lora_is_refused_and_changes_nothing(tiny):
+    model = tiny.bert()
+    stale = torch.optim.AdamW(model.parameters(), lr=1e-2)  # holds the base weights, which inject_lora freezes
+    inject_lora(model, LoRAConfig(r=2, lora_alpha=4, target_modules=["query", "value"]))
+    before = snapshot.take(model)
+    fix = re.escape("torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=...)")
+    with pytest.raises(ValueError, match=r"does not hold 8 of the model's 8 trainable parameters .*lora_A.*"
+                                         r"Build it after that.*" + fix):
+        fit(model, _dict_batches(), optimizer=stale, progress=False)
+    snapshot.assert_same(before, model)
+    assert not stale.state and all(p.grad is None for p in model.parameters())  # not a single step
+    with pytest.raises(ValueError, match="does not hold 8 of"):  # train_step refuses it the same way
+        train_step(model, _dict_batches(1), stale)
+    snapshot.assert_same(before, model)
+    # frozen parameters only (the trainable ones are missing): refused; all of them, frozen included: fine
+    frozen_only = torch.optim.AdamW([p for p in model.parameters() if not p.requires_grad], lr=1e-2)
+    with pytest.raises(ValueError, match=r"does not hold 8 of .*\(it holds frozen parameters only\)"):
+        fit(model, _dict_batches(), optimizer=frozen_only, progress=False)
+    snapshot.assert_same(before, model)
+    h = fit(model, _dict_batches(), optimizer=torch.optim.AdamW(model.parameters(), lr=1e-2), progress=False)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before["params"][n][0])}
+    assert h.steps == 3 and changed == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert len(changed) == 8 and all("lora_" in n for n in changed)
+
+
+def test_an_optimizer_missing_a_parameter_made_trainable_later_is_refused(tiny):
+    model = tiny.bert()
+    inject_lora(model, LoRAConfig(r=2, lora_alpha=4, target_modules=["query"]))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.classifier.requires_grad_(True)  # the head, after the optimizer was built
+    with pytest.raises(ValueError, match=r"does not hold 2 of the model's 6 trainable parameters "
+                                         r"\('classifier.weight', 'classifier.bias'\)"):
+        fit(model, _dict_batches(), optimizer=opt, progress=False)
+
+
+def test_train_step_is_one_step_of_fit_and_accumulates_the_mean():
+    X, y = torch.randn(40, 64), torch.randint(0, 10, (40,))
+    m1, m2, m3 = mlp(), mlp(), mlp()
+    fit(m1, [(X, y)], optimizer=torch.optim.SGD(m1.parameters(), lr=0.1), max_grad_norm=1.0, progress=False)
+    loss = train_step(m2, batches(X, y, 10), torch.optim.SGD(m2.parameters(), lr=0.1), max_grad_norm=1.0)
+    with torch.no_grad():
+        want = nn.functional.cross_entropy(m3(X), y).item()
+    assert loss == pytest.approx(want, abs=1e-6)  # the mean loss of the micro-batches, before the step
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p1, p2, atol=1e-6, rtol=1e-5)
+    assert all(p.grad is None for p in m2.parameters())
+
+
+def test_an_epochs_leftover_batches_make_one_step_on_their_mean():
+    X, y = torch.randn(50, 64), torch.randint(0, 10, (50,))
+    m1, m2 = mlp(), mlp()
+    h = fit(m1, batches(X, y, 10), optimizer=torch.optim.SGD(m1.parameters(), lr=0.1), grad_accum_steps=3,
+            progress=False)  # 5 batches: a step on 3, then one on the 2 left over
+    fit(m2, [(X[:30], y[:30]), (X[30:], y[30:])], optimizer=torch.optim.SGD(m2.parameters(), lr=0.1),
+        progress=False)
+    assert h.steps == 2
+    for p1, p2 in zip(m1.parameters(), m2.parameters()):
+        torch.testing.assert_close(p1, p2, atol=1e-6, rtol=1e-5)
+
+
+def test_train_step_refuses_what_is_not_a_list_of_batches():
+    model = mlp()
+    X, y = torch.randn(4, 64), torch.randint(0, 10, (4,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = snapshot.take(model)
+    with pytest.raises(ValueError, match="got Tensor"):  # one batch (x, y) where a list of them is wanted
+        train_step(model, (X, y), opt)
+    with pytest.raises(TypeError, match=r"pass \[batch\]"):
+        train_step(model, {"input_ids": X}, opt)
+    with pytest.raises(ValueError, match="empty"):
+        train_step(model, [], opt)
+    with pytest.raises(TypeError, match="max_grad_norm"):
+        train_step(model, [(X, y)], opt, max_grad_norm="1")
+    snapshot.assert_same(before, model)
+    assert not opt.state
 
 
 def test_nan_loss_is_reported():

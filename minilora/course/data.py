@@ -31,6 +31,8 @@ from typing import Iterator, Sequence
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from ..utils import check_bool, check_int
+
 __all__ = ["SPLITS", "LABELS", "DOMAINS", "TASKS", "TASK_LABELS", "label_ids", "domain_ids", "COLUMNS", "data_dir",
            "load_sentiment", "length_grouped_batches", "LengthGroupedBatchSampler", "make_loader",
            "load_instructions", "load_jsonl", "check_task"]
@@ -88,8 +90,8 @@ def _target(row: dict, task: str) -> int:
 
 
 def _check_grouping(batch_size: int, window: int) -> None:
-    if not isinstance(batch_size, int) or batch_size < 1 or not isinstance(window, int) or window < 1:
-        raise ValueError(f"batch_size and window must be positive integers, got {batch_size!r}, {window!r}.")
+    check_int(batch_size, "batch_size")
+    check_int(window, "window")
 
 
 def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int = 0,
@@ -139,10 +141,10 @@ def make_loader(rows: list[dict], tokenizer, *, task: str = "sentiment", batch_s
     ``shuffle=True`` in a seeded random order that changes every epoch (for training), without it
     shortest first (for evaluation, where the order does not matter)."""
     check_task(task)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if not isinstance(max_length, int) or max_length < 2:
-        raise ValueError(f"max_length must be an int >= 2, got {max_length!r}")
+    check_int(batch_size, "batch_size")
+    check_int(max_length, "max_length", minimum=2)
+    check_bool(shuffle, "shuffle")
+    check_bool(group_by_length, "group_by_length")
     if not callable(tokenizer):
         raise TypeError("tokenizer must be a Hugging Face tokenizer, "
                         "e.g. the one from minilora.course.models.load_encoder()")

@@ -45,6 +45,7 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from ..memory import MemoryBreakdown
+from ..utils import check_int, check_number
 from .data import label_ids
 
 __all__ = ["TORCHRUN_ENV", "require_torchrun", "check_world_size", "effective_batch_size", "set_dropout",
@@ -67,16 +68,10 @@ def require_torchrun(script: str = "tools/ddp_train.py") -> tuple[int, int]:
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
 
 
-def _positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}.")
-    return value
-
-
 def check_world_size(global_batch: int, world_size: int) -> int:
     """The per-process batch ``global_batch // world_size``, or a ValueError if it does not divide."""
-    _positive_int(global_batch, "the global batch")
-    _positive_int(world_size, "the world size")
+    check_int(global_batch, "global_batch")
+    check_int(world_size, "world_size")
     if global_batch % world_size:
         fits = [w for w in range(1, global_batch + 1) if global_batch % w == 0]
         raise ValueError(f"a world size of {world_size} does not divide the global batch of {global_batch}: the "
@@ -88,14 +83,13 @@ def check_world_size(global_batch: int, world_size: int) -> int:
 
 def effective_batch_size(per_device: int, grad_accum_steps: int = 1, world_size: int = 1) -> int:
     """Examples behind one optimizer step: ``per_device * grad_accum_steps * world_size``."""
-    return (_positive_int(per_device, "per_device") * _positive_int(grad_accum_steps, "grad_accum_steps")
-            * _positive_int(world_size, "world_size"))
+    return (check_int(per_device, "per_device") * check_int(grad_accum_steps, "grad_accum_steps")
+            * check_int(world_size, "world_size"))
 
 
 def set_dropout(model: nn.Module, p: float) -> int:
     """Set the probability of every ``nn.Dropout`` in ``model`` to ``p``; returns how many there are."""
-    if not 0 <= p < 1:
-        raise ValueError(f"a dropout probability is in [0, 1), got {p!r}.")
+    check_number(p, "the dropout probability p", low=0, high=1, high_open=True)
     layers = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     for m in layers:
         m.p = p
@@ -151,9 +145,8 @@ def register_byte_counter(ddp_model: nn.parallel.DistributedDataParallel, proces
 
 def ring_allreduce_bytes(payload: int | float, world_size: int) -> float:
     """Bytes each process sends (and receives) in a ring all-reduce of ``payload`` bytes: 2 (W-1)/W x payload."""
-    _positive_int(world_size, "world_size")
-    if payload < 0:
-        raise ValueError(f"payload must be >= 0 bytes, got {payload!r}.")
+    check_int(world_size, "world_size")
+    check_number(payload, "payload (bytes)", low=0)
     return 2 * (world_size - 1) / world_size * payload
 
 
@@ -172,7 +165,7 @@ def sharded_bytes(breakdown: MemoryBreakdown, world_size: int, stage: str) -> di
     full weights at a time during forward and backward, which this leaves out."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {list(STAGES)}, got {stage!r}.")
-    _positive_int(world_size, "world_size")
+    check_int(world_size, "world_size")
     parts = {name: float(getattr(breakdown, name)) / (world_size if name in STAGES[stage] else 1)
              for name in ("weights", "gradients", "optimizer", "master", "activations")}
     return {**parts, "total": sum(parts.values())}
@@ -197,7 +190,8 @@ def launch(script: str | os.PathLike, args: list[str], nproc: int = 2, timeout: 
     Each worker gets ``OMP_NUM_THREADS=1`` and no network (the course's offline variables). The script
     writes its results as JSON to the file after ``--report``; returns ``(that dict, the captured stderr)``.
     A failed or timed-out launch raises ``LaunchError`` with the last lines of stderr."""
-    _positive_int(nproc, "nproc")
+    check_int(nproc, "nproc")
+    check_number(timeout, "timeout (seconds)", low=0, low_open=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
     with tempfile.TemporaryDirectory(prefix="minilora-launch-") as tmp:

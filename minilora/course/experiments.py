@@ -40,8 +40,8 @@ from ..counting import get_nb_trainable_parameters
 from ..inject import inject_lora
 from ..loraplus import create_loraplus_optimizer
 from ..task_vectors import added
-from ..train import History, evaluate, fit
-from ..utils import seed_everything
+from ..train import History, evaluate, fit, train_step
+from ..utils import check_int, check_number, seed_everything
 from .data import TASK_LABELS, TASKS, check_task, load_sentiment, make_loader
 from .measure import measure_peak_rss
 from .models import load_encoder, mean_pool
@@ -101,6 +101,12 @@ def build_model(setup: LoRAConfig | str, seed: int = 0, task: str = "sentiment")
     return model, tokenizer
 
 
+def _check_run(lr: float, steps: int) -> None:
+    """Refuse a bad learning rate or step count before a model is loaded."""
+    check_number(lr, "lr", low=0, low_open=True)
+    check_int(steps, "steps")
+
+
 def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
 
@@ -111,6 +117,7 @@ def train_task(task: str, setup: LoRAConfig | str, lr: float, seed: int = 0, ste
 
     With ``loraplus_lr_ratio`` (chapter 09) the optimiser is LoRA+'s: ``lr`` for the A matrices and the
     head's weight, ``lr * loraplus_lr_ratio`` for the B matrices and every 1-D parameter."""
+    _check_run(lr, steps)
     model, tokenizer = build_model(setup, seed, task)
     trainable, total = get_nb_trainable_parameters(model)
     loader = make_loader(load_sentiment("train"), tokenizer, task=task, batch_size=BATCH, shuffle=True, seed=seed,
@@ -154,6 +161,7 @@ def train_multitask(setup: LoRAConfig, lr: float, seed: int = 0, steps: int = 2 
     if not isinstance(setup, LoRAConfig) or setup.modules_to_save:
         raise ValueError("train_multitask takes a LoRAConfig without modules_to_save: it trains its own head per "
                          f"task (run.heads), got {setup!r}.")
+    _check_run(lr, steps)
     model, tokenizer = build_model(setup, seed, "sentiment")
     model.classifier.requires_grad_(True)
     heads = nn.ModuleDict({"sentiment": model.classifier, "domain": nn.Linear(model.config.hidden_size, len(
@@ -173,14 +181,8 @@ def train_multitask(setup: LoRAConfig, lr: float, seed: int = 0, steps: int = 2 
         if batch is None:  # a new epoch of this task's batches
             iterators[task] = iter(loaders[task])
             batch = next(iterators[task])
-        model.classifier = heads[task]
-        loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        schedule.step()
-        losses[task].append(float(loss.detach()))
+        model.classifier = heads[task]  # clipping covers the body's adapters and this task's head
+        losses[task].append(train_step(model, [batch], optimizer, max_grad_norm=1.0, scheduler=schedule))
     model.classifier = heads["sentiment"]
     return MultiTaskRun(lr, seed, model.eval(), tokenizer, heads, losses)
 

@@ -25,6 +25,8 @@ from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging
 
+from ..utils import check_int
+
 __all__ = ["ENCODER_DIR", "CHAT_DIR", "ENCODER_NAME", "CHAT_NAME", "AssetsMissing", "cache_dir", "cached_models",
            "model_path", "display_path", "mean_pool", "SentenceClassifier", "load_encoder", "load_chat_model"]
 
@@ -92,8 +94,7 @@ class SentenceClassifier(nn.Module):
 
     def __init__(self, body: nn.Module, num_labels: int):
         super().__init__()
-        if not isinstance(num_labels, int) or isinstance(num_labels, bool) or num_labels < 2:
-            raise ValueError(f"num_labels must be an integer >= 2 (the number of classes), got {num_labels!r}.")
+        check_int(num_labels, "num_labels", minimum=2, hint="It is the number of classes.")
         self.bert = body
         self.config = body.config
         self.config.num_labels = num_labels
@@ -128,6 +129,7 @@ def load_encoder(num_labels: int | None = None, **kwargs):
     ``num_labels=None`` gives the bare ``BertModel`` (with BERT's pooler, as the checkpoint holds
     it); an int gives a ``SentenceClassifier`` (mean pooling, no pooler) whose new head is drawn
     from torch's current random state (seed first for reproducibility)."""
+    check_int(num_labels, "num_labels", minimum=2, optional=True, hint="It is the number of classes.")
     path = model_path(ENCODER_DIR)
     tok = AutoTokenizer.from_pretrained(path)
     if num_labels is None:
