@@ -178,19 +178,19 @@ def test_bias_modes(tiny):
     assert len(trainable_biases("all")) > 10
 
 
-@pytest.mark.parametrize("kwargs, fragment", [
-    (dict(r=0), "r must be a positive integer"),
-    (dict(lora_alpha=0), "alpha must be a positive"),
-    (dict(lora_dropout=1.0), "dropout must be"),
-    (dict(bias="some"), "bias must be one of"),
-    (dict(init_lora_weights="xavier"), "init_lora_weights must be True"),
-    (dict(target_modules=[]), "non-empty list"),
-    (dict(target_modules="q_proj(("), "does not compile"),
-    (dict(target_modules=3), "list of names"),
-    (dict(target_modules="all-linear", exclude_modules="all-linear"), "exclude every target"),
+@pytest.mark.parametrize("kwargs, error, fragment", [
+    (dict(r=0), ValueError, "r must be an integer >= 1"),
+    (dict(lora_alpha=0), ValueError, "alpha must be a number > 0"),
+    (dict(lora_dropout=1.0), ValueError, "dropout must be"),
+    (dict(bias="some"), ValueError, "bias must be one of"),
+    (dict(init_lora_weights="xavier"), ValueError, "init_lora_weights must be True"),
+    (dict(target_modules=[]), ValueError, "non-empty list"),
+    (dict(target_modules="q_proj(("), ValueError, "does not compile"),
+    (dict(target_modules=3), TypeError, "list of names"),
+    (dict(target_modules="all-linear", exclude_modules="all-linear"), ValueError, "exclude every target"),
 ])
-def test_config_validates(kwargs, fragment):
-    with pytest.raises(ValueError, match=fragment.replace("(", r"\(")):
+def test_config_validates(kwargs, error, fragment):
+    with pytest.raises(error, match=fragment.replace("(", r"\(")):
         ml.LoRAConfig(**kwargs)
 
 
