@@ -7,11 +7,19 @@ ran, that no cell shows an error, and that the chapter's checks printed their su
 $MINILORA_SCREENSHOT (make test-browser: docs/jupyterlab-chapter00.png), else to a temporary folder.
 
 The notebooks are served from a temporary copy, so the committed chapter is never rewritten (JupyterLab
-saves what it runs). Where Chromium or Playwright is missing the test is skipped, and says so.
+saves what it runs).
+
+The static site (make site) is opened the same way, as a classroom without Wi-Fi opens it from the kit:
+file:// pages, every other request aborted and recorded. Its formulas must be typeset by the MathJax the
+site carries (no `$...$` left in the text a reader sees), its titles show their chapter number once, and
+no request may leave the machine.
+
+Where Chromium or Playwright is missing the tests are skipped, and say so.
 """
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -22,6 +30,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tools import make_site
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTER = "00_welcome.ipynb"
@@ -101,17 +111,24 @@ def menu(page, top: str, item: str) -> None:
     page.click(f"li.lm-Menu-item[data-type='command']:has(.lm-Menu-itemLabel:text-is('{item}'))")
 
 
-def test_chapter_00_runs_in_jupyterlab_in_chromium(tmp_path):
+def browser_or_skip() -> str:
+    """Chromium's path, once Playwright is known to import; else skip (make test) or fail (make test-browser)."""
     # make test skips where the browser is missing; make test-browser and CI (MINILORA_REQUIRE_BROWSER=1) fail
     not_run = pytest.fail if os.environ.get("MINILORA_REQUIRE_BROWSER") == "1" else pytest.skip
     browser_path = chromium()
     if browser_path is None:
         not_run("Chromium is not installed (Debian: apt-get install chromium): the browser test did not run")
     try:
-        from playwright.sync_api import TimeoutError as PageTimeout
-        from playwright.sync_api import sync_playwright
+        import playwright.sync_api  # noqa: F401  (only whether it imports)
     except ImportError:
         not_run("Playwright is not installed (make lab installs it): the browser test did not run")
+    return browser_path
+
+
+def test_chapter_00_runs_in_jupyterlab_in_chromium(tmp_path):
+    browser_path = browser_or_skip()
+    from playwright.sync_api import TimeoutError as PageTimeout  # here: Playwright may be missing (skipped above)
+    from playwright.sync_api import sync_playwright
     settings = Path(sys.prefix) / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
     assert settings.exists() and json.loads(settings.read_text()) == json.loads(
         (ROOT / "jupyter" / "overrides.json").read_text()), \
@@ -198,3 +215,77 @@ def test_chapter_00_runs_in_jupyterlab_in_chromium(tmp_path):
         assert success in text, f"the page does not show {success!r}"
     assert (ROOT / "notebooks" / CHAPTER).read_bytes() == committed, "the committed chapter was rewritten"
     assert shot.stat().st_size > 10_000
+
+
+SITE = ["00_welcome.ipynb", "01_why_low_rank.ipynb", "02_lora_layer_from_scratch.ipynb",
+        "solutions/01_why_low_rank.ipynb"]
+# the text a reader sees, less code (<pre>, <code>: a plot title's "$u v^T$" is code) and the typeset maths
+READER_TEXT = """() => { const c = document.body.cloneNode(true);
+    c.querySelectorAll('pre, code, script, style, mjx-container').forEach(e => e.remove());
+    return c.textContent; }"""
+MATHS = """() => ({typeset: document.querySelectorAll('mjx-container').length,
+                 svg: document.querySelectorAll('mjx-container > svg').length,
+                 errors: [...document.querySelectorAll('[data-mjx-error], mjx-merror')].map(e => e.textContent),
+                 in_nav: document.querySelectorAll('nav.minilora-nav mjx-container').length,
+                 in_index: document.querySelectorAll('ol.chapters mjx-container').length,
+                 titles: [...document.querySelectorAll('nav.minilora-nav a, ol.chapters li')]
+                         .map(e => e.textContent)})"""
+
+
+def test_the_static_site_reads_offline_in_chromium(tmp_path):
+    browser_path = browser_or_skip()
+    from playwright.sync_api import sync_playwright  # here: Playwright may be missing (skipped above)
+
+    notebooks = tmp_path / "notebooks"
+    for rel in SITE:
+        (notebooks / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "notebooks" / rel, notebooks / rel)
+    shutil.copytree(ROOT / "notebooks" / "figures", notebooks / "figures")
+    site = make_site.build(tmp_path / "site", solutions=True, notebooks=notebooks).parent
+    titles = {c.page: c.title for c in make_site.find_chapters(notebooks)}
+    pages = ["index.html", "01_why_low_rank.html", "02_lora_layer_from_scratch.html", "solutions/01_why_low_rank.html"]
+    # the pages hold their formulas as LaTeX, for the browser to typeset: else there is nothing to check
+    assert "$\\Delta W$" in titles["01_why_low_rank.html"], "chapter 01's title no longer has maths: pick another"
+    assert "$\\Delta W$" in (site / "index.html").read_text(encoding="utf-8")
+
+    remote, failed, crashed, seen = [], [], [], {}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=browser_path, headless=True)
+        context = browser.new_context()
+
+        def files_only(route):  # the network is blocked: whatever is not a local file is aborted, and recorded
+            if route.request.url.startswith("file://"):
+                route.continue_()
+            else:
+                remote.append(route.request.url)
+                route.abort()
+
+        context.route("**/*", files_only)
+        page = context.new_page()
+        page.set_default_timeout(120_000)
+        page.on("requestfailed", lambda r: r.url.startswith("file:") and failed.append(f"{r.url} ({r.failure})"))
+        page.on("pageerror", lambda e: crashed.append(str(e)))
+        for name in pages:
+            page.goto((site / name).as_uri())
+            page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise")
+            page.evaluate("() => MathJax.startup.promise.then(() => true)")  # the first typesetting, done
+            seen[name] = {**page.evaluate(MATHS), "text": page.evaluate(READER_TEXT)}
+        # the blocker catches what a page would fetch: a request to the internet is recorded, and goes nowhere
+        page.evaluate("() => fetch('https://cdn.invalid/probe.js').catch(() => null)")
+        browser.close()
+
+    assert remote == ["https://cdn.invalid/probe.js"], f"the site asked the network for {remote[:-1]}"
+    assert not failed, f"local files the pages could not load: {failed}"
+    assert not crashed, f"script errors on the pages: {crashed}"
+    for name, got in seen.items():
+        raw = re.findall(r"\$[^$\n]{1,200}\$|\\\(.{1,200}?\\\)", got["text"])
+        assert not raw, f"{name} shows raw LaTeX: {raw[:5]}"
+        assert got["typeset"] > 0 and got["svg"] == got["typeset"], f"{name}: formulas not typeset: {got}"
+        assert not got["errors"], f"{name}: MathJax could not typeset {got['errors']}"
+        repeated = [t for t in got["titles"] if re.match(r"\W*(\d\d)\W+\1\b", t)]
+        assert not repeated, f"{name} shows a chapter number twice: {repeated}"
+    assert seen["index.html"]["in_index"] >= 1, "the index's titles are not typeset"
+    assert seen["02_lora_layer_from_scratch.html"]["in_nav"] >= 2, "the previous-chapter links' maths is not typeset"
+    assert "\u2190 01 Why low rank?" in seen["02_lora_layer_from_scratch.html"]["text"]
+    formulas = {name: got["typeset"] for name, got in seen.items()}
+    print(f"\nthe site in Chromium, offline: {formulas} formulas typeset, no request left the machine")

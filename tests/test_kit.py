@@ -2,10 +2,12 @@
 pip configuration at all, as `make lab KIT=...` does, and run chapter 00 and load both models there.
 
 Slow (a ~1 GB kit, a fresh virtual environment), so it runs from `make test-kit`, not `make test`.
-`make` and `git` are needed, as for the course itself.
+`make` and `git` are needed, as for the course itself. The kit's web pages (site/) and its README are
+also checked cheaply, on two chapters, in every `make test`.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -13,13 +15,35 @@ from pathlib import Path
 
 import pytest
 
+from tools import make_kit, make_site
+from tools.doctor import TORCH_PIN
+
 ROOT = Path(__file__).resolve().parents[1]
 
-pytestmark = [
-    pytest.mark.kit,
-    pytest.mark.skipif(os.environ.get("MINILORA_TEST_KIT") != "1",
-                       reason="slow (builds a 1 GB kit and a virtual environment): run make test-kit"),
-]
+
+def test_the_kit_carries_the_course_as_web_pages_that_read_offline(tmp_path):
+    """add_site, as make_kit.build calls it, on a kit whose course/ holds two chapters and a solution."""
+    notebooks = tmp_path / "kit" / "course" / "notebooks"
+    (notebooks / "solutions").mkdir(parents=True)
+    for name in ("01_why_low_rank.ipynb", "02_lora_layer_from_scratch.ipynb", "solutions/01_why_low_rank.ipynb"):
+        shutil.copy(ROOT / "notebooks" / name, notebooks / name)
+    shutil.copytree(ROOT / "notebooks" / "figures", notebooks / "figures")
+    index = make_kit.add_site(tmp_path / "kit")
+    site = tmp_path / "kit" / "site"
+    assert index == site / "index.html" and index.is_file()
+    pages = [index, site / "01_why_low_rank.html", site / "02_lora_layer_from_scratch.html",
+             site / "solutions" / "01_why_low_rank.html"]
+    assert all(p.is_file() for p in pages)
+    assert (site / "_static" / "mathjax" / make_site.MATHJAX_JS).stat().st_size > 1_000_000
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert make_site.remote_loads(text) == [], page
+        assert f"_static/mathjax/{make_site.MATHJAX_JS}" in text, f"{page.name} does not load the kit's MathJax"
+    # the README says where the pages are, and lists site/ with its size
+    readme = make_kit.readme_text("abc1234", {"wheels": 900e6, "models": 600e6, "course": 20e6, "site": 30e6},
+                                  120, f"torch-{TORCH_PIN}-cp311-none-linux_x86_64.whl")
+    assert "open site/index.html" in readme
+    assert "site/         30 MB" in readme
 
 
 def offline_env(kit: Path) -> dict:
@@ -36,13 +60,18 @@ def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
 
 
+@pytest.mark.kit
+@pytest.mark.skipif(os.environ.get("MINILORA_TEST_KIT") != "1",
+                    reason="slow (builds a 1 GB kit and a virtual environment): run make test-kit")
 def test_a_laptop_sets_up_from_the_kit_with_no_index_and_runs_chapter_00(tmp_path):
     t0 = time.monotonic()
     kit = tmp_path / "kit"
     sh([sys.executable, str(ROOT / "tools" / "make_kit.py"), str(kit)])
     t_build = time.monotonic() - t0
-    assert {p.name for p in kit.iterdir()} == {"wheels", "models", "course", "README.txt"}
-    assert any(kit.glob("wheels/torch-2.13.0*.whl")) and not any(kit.glob("wheels/minilora-*"))
+    assert {p.name for p in kit.iterdir()} == {"wheels", "models", "course", "site", "README.txt"}
+    assert (kit / "site" / "index.html").is_file() and (kit / "site" / "solutions" / "00_welcome.html").is_file()
+    assert "open site/index.html" in (kit / "README.txt").read_text()
+    assert any(kit.glob(f"wheels/torch-{TORCH_PIN}*.whl")) and not any(kit.glob("wheels/minilora-*"))
     assert (kit / "course" / "notebooks" / "00_welcome.ipynb").exists()
     assert not (kit / "course" / ".git").exists()
     size = sum(p.stat().st_size for p in kit.rglob("*") if p.is_file())

@@ -3,7 +3,6 @@
 import html
 import re
 import shutil
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -11,9 +10,9 @@ from urllib.parse import unquote, urlsplit
 import nbformat
 import pytest
 
+from tools import make_site
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-import make_site  # noqa: E402
 
 CHAPTERS = sorted(p for p in (ROOT / "notebooks").glob("*.ipynb") if re.match(r"\d\d_", p.name))
 
@@ -126,3 +125,50 @@ def test_rebuild_replaces_the_site_and_leaves_no_temporary_folders(tmp_path):
     for name in ("index.html", page, f"solutions/{page}"):
         missing = [str(t) for t in local_targets(out / name, parse(out / name).refs) if not t.is_file()]
         assert not missing, f"{name} links to missing files: {missing}"
+
+
+def test_no_page_loads_anything_from_the_network_and_each_loads_the_sites_mathjax(site):
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) == len(CHAPTERS) + 1
+    mathjax = site / "_static" / "mathjax" / make_site.MATHJAX_JS
+    assert mathjax.stat().st_size > 1_000_000 and (mathjax.parent / "LICENSE").is_file()
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        assert make_site.remote_loads(text) == [], f"{page.name} loads from the network"
+        assert "cdnjs" not in text and "require.min.js" not in text
+        assert mathjax in local_targets(page, parse(page).refs), f"{page.name} does not load the site's MathJax"
+
+
+def test_remote_loads_finds_what_a_page_would_fetch_and_leaves_links_alone():
+    page = """<script src="https://cdn.example/require.min.js"></script>
+    <link rel="stylesheet" href="//fonts.example/a.css">
+    <style>@import "https://x.example/b.css"; .a { background: url(https://x.example/c.png) }</style>
+    <a href="https://peft.example/docs">docs</a><img src="data:image/png;base64,AAAA"><img src="figures/a.svg">
+    <script src="_static/mathjax/tex-svg-full.js"></script>"""
+    assert make_site.remote_loads(page) == ["https://cdn.example/require.min.js", "//fonts.example/a.css",
+                                            "https://x.example/b.css", "https://x.example/c.png"]
+
+
+@pytest.mark.parametrize("heading, number, title", [
+    ("00 Welcome: set-up check", "00", "Welcome: set-up check"),
+    ("08 · Memory, mixed precision and QLoRA", "08", "Memory, mixed precision and QLoRA"),
+    ("**01** Why *low* rank? the $\\Delta W$ of `W_0`", "01", "Why low rank? the $\\Delta W$ of W_0"),
+    ("$W_0 + B_{i}A$ and a_snake_case name, _emphasis_", None, "$W_0 + B_{i}A$ and a_snake_case name, emphasis"),
+    ("[LoRA](https://arxiv.org/abs/2106.09685) in 10 lines", "03", "LoRA in 10 lines"),
+    ("10 Prompt tuning", "01", "10 Prompt tuning"),  # another number is part of the title
+    ("2024 in review", "02", "2024 in review"),
+])
+def test_titles_are_plain_text_with_their_maths_and_without_the_chapter_number(heading, number, title):
+    assert make_site.plain_title(heading, number) == title
+
+
+def test_index_and_neighbour_links_show_each_chapter_number_once(site):
+    index = (site / "index.html").read_text(encoding="utf-8")
+    page = (site / "02_lora_layer_from_scratch.html").read_text(encoding="utf-8")
+    for notebook in CHAPTERS:
+        number = notebook.name[:2]
+        assert not re.search(rf'<span class="num">{number}</span> <a [^>]*>\W*{number}\b', index)
+    assert re.search(r'rel="prev">&larr; 01 Why low rank\?', page)
+    assert not re.search(r'rel="(prev|next)">(&larr; )?(\d\d) [^\w<]*\3\b', page)
+    # the maths of a title is left for MathJax, which typesets it with the page (tests/test_browser.py)
+    assert "$\\Delta W$" in index and "_static/mathjax/" in index
