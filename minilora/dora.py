@@ -27,7 +27,9 @@ any merged adapter. The norm cannot be recomputed from the merged weight, so it 
 caches it) and unmerging is :math:`W \leftarrow W / g - sBA`.
 
 In a ``LoRALinear`` the magnitude of adapter ``name`` is ``lora_magnitude_vector[name].weight`` (out,),
-PEFT's name and layout; adapter files hold it under ``<layer>.lora_magnitude_vector``.
+PEFT's name and layout; adapter files hold it under ``<layer>.lora_magnitude_vector``. DoRA reaches the
+layer only through its extension point (``minilora.layers``): ``DoraVariant`` is the variant of every
+adapter added with ``use_dora=True``, and overrides ``check``, ``init``, ``forward``, ``merge`` and ``unmerge``.
 """
 from __future__ import annotations
 
@@ -35,7 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DoraLinearLayer", "dora_init", "dora_forward", "dora_merge", "dora_unmerge", "refuse_dora"]
+from .variants import LoraVariant
+
+__all__ = ["DoraVariant", "DoraLinearLayer", "refuse_dora"]
 
 
 def _t(weight: torch.Tensor, fan_in_fan_out: bool) -> torch.Tensor:
@@ -50,8 +54,9 @@ def refuse_dora(base_layer: nn.Module, name: str = "this layer") -> None:
                          "weight for its row norms. Use use_dora=False (QLoRA), or dequantize the base first "
                          "(LinearNF4.to_linear, chapter 08).")
     if isinstance(base_layer, nn.Embedding):
-        raise ValueError(f"use_dora=True on {name}, an embedding: minilora implements DoRA for linear layers only. "
-                         "Leave embeddings out of target_modules (or exclude_modules=[...]), or use PEFT.")
+        raise ValueError(f"use_dora=True on {name}, an embedding: minilora implements DoRA for linear layers only "
+                         "(PEFT has it for embeddings too). Leave embeddings out of target_modules (or "
+                         "exclude_modules=[...]), pass use_dora=False for them, or use PEFT.")
 
 
 class DoraLinearLayer(nn.Module):
@@ -60,7 +65,7 @@ class DoraLinearLayer(nn.Module):
     def __init__(self, fan_in_fan_out: bool) -> None:
         super().__init__()
         self.fan_in_fan_out = fan_in_fan_out
-        self.merged_weight_norm: torch.Tensor | None = None  # kept by dora_merge for dora_unmerge; not saved
+        self.merged_weight_norm: torch.Tensor | None = None  # kept by DoraVariant.merge for unmerge; not saved
 
     def get_weight_norm(self, weight: torch.Tensor, lora_weight: torch.Tensor, scaling: float) -> torch.Tensor:
         r""":math:`\lVert W + s\,\text{lora\_weight} \rVert_c` (out,): ``weight`` in the base layer's layout,
@@ -92,47 +97,55 @@ class DoraLinearLayer(nn.Module):
         return (mag_norm_scale - 1) * base_result + mag_norm_scale * lora_result * scaling
 
 
-def dora_init(layer: nn.Module, name: str, scaling: float) -> None:
-    """Give adapter ``name`` of a ``LoRALinear`` its magnitude, from its initial A and B (PEFT's
-    ``DoraLinearVariant.init``); the layer's first DoRA adapter makes ``lora_magnitude_vector`` one
-    of its ``adapter_layer_names`` (trainable, saved)."""
-    if "lora_magnitude_vector" not in layer.adapter_layer_names:  # the first DoRA adapter of this layer
-        layer.lora_magnitude_vector = nn.ModuleDict()
-        layer.adapter_layer_names = layer.adapter_layer_names + ("lora_magnitude_vector",)
-    layer.lora_magnitude_vector[name] = DoraLinearLayer(layer.fan_in_fan_out)
-    layer.lora_magnitude_vector[name].update_layer(base_layer=layer.base_layer, lora_A=layer.lora_A[name].weight,
-                                                   lora_B=layer.lora_B[name].weight, scaling=scaling)
+class DoraVariant(LoraVariant):
+    """DoRA through the layer's extension point (PEFT's ``DoraLinearVariant``): the magnitude is made by
+    ``init`` after A and B are drawn, and ``forward``, ``merge`` and ``unmerge`` apply it. The update,
+    ``get_delta_weight``, stays plain LoRA's :math:`sBA`, which merging rescales. Linear layers only."""
 
+    def check(self, layer, adapter_name: str, **kwargs) -> None:
+        refuse_dora(layer.base_layer)
+        super().check(layer, adapter_name, **kwargs)
 
-def dora_forward(layer: nn.Module, name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-    """``result`` plus the DoRA output of adapter ``name`` of a ``LoRALinear`` (PEFT's
-    ``DoraLinearVariant.forward``): dropout, when it acts, changes the input of both terms."""
-    dropout = layer.lora_dropout[name]
-    if isinstance(dropout, nn.Identity) or not layer.training:
-        base_result = result
-    else:
-        x, base_result = dropout(x), None
-    return result + layer.lora_magnitude_vector[name](
-        x, lora_A=layer.lora_A[name], lora_B=layer.lora_B[name], scaling=layer.scaling[name],
-        base_layer=layer.base_layer, base_result=base_result)
+    def init(self, layer, adapter_name: str, **kwargs) -> None:
+        """A and B first (plain LoRA's draw, or PiSSA's in ``PissaDoraVariant``), then m = ||W_0 + sBA||
+        row-wise from them, as PEFT."""
+        super().init(layer, adapter_name, **kwargs)
+        magnitude = DoraLinearLayer(layer.fan_in_fan_out)
+        magnitude.update_layer(base_layer=layer.base_layer, lora_A=layer.lora_A[adapter_name].weight,
+                               lora_B=layer.lora_B[adapter_name].weight, scaling=layer.scaling[adapter_name])
+        layer.lora_magnitude_vector[adapter_name] = magnitude
 
+    def forward(self, layer, adapter_name: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
+        """``result`` plus the DoRA output of the adapter: dropout, when it acts, changes the input of
+        both terms."""
+        x = x.to(layer.lora_A[adapter_name].weight.dtype)
+        dropout = layer.lora_dropout[adapter_name]
+        if isinstance(dropout, nn.Identity) or not layer.training:
+            base_result = result
+        else:
+            x, base_result = dropout(x), None
+        return result + layer.lora_magnitude_vector[adapter_name](
+            x, lora_A=layer.lora_A[adapter_name], lora_B=layer.lora_B[adapter_name],
+            scaling=layer.scaling[adapter_name], base_layer=layer.base_layer, base_result=base_result)
 
-def dora_merge(magnitude: DoraLinearLayer, weight: torch.Tensor, base_weight: torch.Tensor,
-               delta: torch.Tensor) -> torch.Tensor:
-    r""":math:`g \odot (W + \Delta)`: the merged weight, in the layout of ``weight``. ``base_weight`` is
-    the weight without any merged adapter and ``delta`` is :math:`sBA` in the same layout; the norm
-    is kept for ``dora_unmerge``."""
-    fan = magnitude.fan_in_fan_out
-    weight_norm = magnitude.get_weight_norm(base_weight, _t(delta, fan), scaling=1).detach()  # (out,)
-    magnitude.merged_weight_norm = weight_norm
-    factor = _t((magnitude.weight / weight_norm).view(-1, 1), fan)  # (out, 1), or (1, out) for Conv1D
-    return (factor * (weight + delta)).to(weight.dtype)
+    def merge(self, layer, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
+        r""":math:`g \odot (W + \Delta)`, in the layout of ``weight``, with the norm taken on the weight
+        without any merged adapter and kept for ``unmerge``."""
+        magnitude, fan = layer.lora_magnitude_vector[adapter_name], layer.fan_in_fan_out
+        base = layer.unmerged_weight(weight)
+        delta = self.get_delta_weight(layer, adapter_name).to(weight.dtype)  # sBA, in the layout of weight
+        weight_norm = magnitude.get_weight_norm(base, _t(delta, fan), scaling=1).detach()  # (out,)
+        magnitude.merged_weight_norm = weight_norm
+        factor = _t((magnitude.weight / weight_norm).view(-1, 1), fan)  # (out, 1), or (1, out) for Conv1D
+        return (factor * (weight + delta)).to(weight.dtype)
 
-
-def dora_unmerge(magnitude: DoraLinearLayer, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    r""":math:`W / g - \Delta`, with the norm ``dora_merge`` kept: exactly the weight before the merge
-    (up to rounding)."""
-    if magnitude.merged_weight_norm is None:
-        raise RuntimeError("this DoRA adapter was not merged by dora_merge, so its weight norm is unknown.")
-    factor = _t((magnitude.weight / magnitude.merged_weight_norm).view(-1, 1), magnitude.fan_in_fan_out)
-    return (weight / factor - delta).to(weight.dtype)
+    def unmerge(self, layer, adapter_name: str, weight: torch.Tensor) -> torch.Tensor:
+        r""":math:`W / g - \Delta`, with the norm ``merge`` kept: exactly the weight before the merge (up to
+        rounding)."""
+        magnitude = layer.lora_magnitude_vector[adapter_name]
+        if magnitude.merged_weight_norm is None:
+            raise ValueError(f"DoRA adapter {adapter_name!r} was not merged by its variant, so the weight norm to "
+                             "divide by is unknown; merge() it before unmerge().")
+        delta = self.get_delta_weight(layer, adapter_name).to(weight.dtype)
+        factor = _t((magnitude.weight / magnitude.merged_weight_norm).view(-1, 1), layer.fan_in_fan_out)
+        return (weight / factor - delta).to(weight.dtype)

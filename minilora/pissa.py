@@ -26,6 +26,10 @@ sqrt 2 with rsLoRA) and ``init_lora_weights`` back to True. PEFT's conversion ke
 and ``lora_B``; minilora also keeps what is not relative to the base (DoRA magnitudes, saved modules,
 trained biases), so that the file reproduces the trained model. ``unload`` of a PiSSA model gives
 back :math:`W_{res}`, not W.
+
+PiSSA reaches the layer only through its extension point (``minilora.layers``): ``PissaVariant`` (and
+``PissaDoraVariant`` with ``use_dora=True``) is the variant of an adapter added with
+``init_lora_weights="pissa"``; its ``init`` changes the base weight through ``layer.replace_base_weight``.
 """
 from __future__ import annotations
 
@@ -33,9 +37,11 @@ import torch
 from torch import nn
 
 from .config import PISSA_NITER
+from .dora import DoraVariant
+from .variants import LoraVariant
 
-__all__ = ["is_pissa", "check_pissa", "pissa_factors", "pissa_init", "pissa_to_lora_state_dict",
-           "pissa_to_lora_config"]
+__all__ = ["PissaVariant", "PissaDoraVariant", "is_pissa", "check_pissa", "pissa_factors",
+           "pissa_to_lora_state_dict", "pissa_to_lora_config"]
 
 
 def is_pissa(init_lora_weights) -> bool:
@@ -88,13 +94,32 @@ def pissa_factors(weight: torch.Tensor, r: int, scaling: float, init_lora_weight
     return A, B, residual.T if fan_in_fan_out else residual
 
 
-def pissa_init(layer: nn.Module, name: str, init_lora_weights: str, scaling: float) -> None:
-    """Initialise adapter ``name`` of a ``LoRALinear`` with PiSSA, in place: its A, B from the SVD and
-    its base weight replaced by the residual (PEFT's method of the same name)."""
-    A, B, residual = pissa_factors(layer.base_layer.weight, layer.lora_A[name].out_features, scaling,
-                                   init_lora_weights, layer.fan_in_fan_out)
-    layer.lora_A[name].weight.data, layer.lora_B[name].weight.data = A, B  # float32, as PEFT
-    layer.base_layer.weight.data = residual
+class PissaVariant(LoraVariant):
+    """PiSSA through the layer's extension point: an initialisation. ``check`` refuses what PiSSA cannot
+    start from; ``init`` sets A, B from the SVD (instead of plain LoRA's draw) and replaces the base
+    weight by the residual, through ``layer.replace_base_weight``. Forward and merging are plain LoRA's."""
+
+    def check(self, layer, adapter_name: str, **kwargs) -> None:
+        check_pissa(layer.base_layer, kwargs["r"], layer.dims)
+        if layer.merged_adapters:
+            raise ValueError(f"init_lora_weights={kwargs['init_lora_weights']!r} replaces the base weight, into which "
+                             f"adapters {layer.merged_adapters} are merged; unmerge() first.")
+        super().check(layer, adapter_name, **kwargs)
+
+    def init(self, layer, adapter_name: str, **kwargs) -> None:
+        """PEFT's ``pissa_init``; no ``super().init``: the SVD replaces plain LoRA's random draw."""
+        A, B, residual = pissa_factors(layer.base_layer.weight, layer.r[adapter_name], layer.scaling[adapter_name],
+                                       kwargs["init_lora_weights"], layer.fan_in_fan_out)
+        with torch.no_grad():
+            layer.lora_A[adapter_name].weight.copy_(A)  # float32, as PEFT
+            layer.lora_B[adapter_name].weight.copy_(B)
+        layer.replace_base_weight(residual)  # last: a failure before it leaves the base untouched
+
+
+class PissaDoraVariant(DoraVariant, PissaVariant):
+    """PiSSA's start, then DoRA: ``DoraVariant.init`` calls ``super().init`` (PiSSA's, by the method
+    resolution order) before it takes the magnitude from the PiSSA factors and the residual base, as PEFT
+    does; forward and merging are DoRA's."""
 
 
 def pissa_to_lora_state_dict(trained: dict[str, torch.Tensor],

@@ -12,9 +12,9 @@ from transformers.pytorch_utils import Conv1D
 
 import minilora as ml
 from minilora.counting import get_nb_trainable_parameters, lora_count, lora_matrix_count
-from minilora.dora import DoraLinearLayer
+from minilora.dora import DoraLinearLayer, DoraVariant
 from minilora.io import AdapterFileError, load_adapter, save_adapter
-from minilora.layers import LoRALinear
+from minilora.layers import LoRALinear, LoraVariant
 from minilora.qlora import LinearNF4, quantize_model_nf4
 
 TARGETS = {"bert": ["query", "value"], "gpt2": ["c_attn", "c_proj"], "llama": ["q_proj", "v_proj", "down_proj"]}
@@ -208,7 +208,7 @@ def test_weighted_combination_of_dora_adapters_is_refused(tiny):
 
 
 def test_bad_use_dora_and_a_mismatched_file_are_refused(tiny, tmp_path):
-    with pytest.raises(ValueError, match="use_dora must be True or False"):
+    with pytest.raises(TypeError, match="use_dora must be True or False"):
         ml.LoRAConfig(use_dora="yes")
     base, peft, _ = pair(tiny, "bert")
     peft.save_pretrained(tmp_path)
@@ -218,11 +218,14 @@ def test_bad_use_dora_and_a_mismatched_file_are_refused(tiny, tmp_path):
 
 
 def test_magnitude_module_has_peft_names():
-    plain = LoRALinear(nn.Linear(4, 3), r=2)  # the container comes with the first DoRA adapter: reprs unchanged
-    assert "lora_magnitude_vector" not in dict(plain.named_children()) and "magnitude" not in repr(plain)
+    plain = LoRALinear(nn.Linear(4, 3), r=2)  # the container exists from __init__, empty: no parameter, no key
+    assert isinstance(plain.lora_magnitude_vector, nn.ModuleDict) and len(plain.lora_magnitude_vector) == 0
+    assert not any("magnitude" in k for k in plain.state_dict())
     layer = LoRALinear(nn.Linear(4, 3), r=2, use_dora=True)
     assert isinstance(layer.lora_magnitude_vector["default"], DoraLinearLayer)
+    assert isinstance(layer.lora_variant["default"], DoraVariant) and type(plain.lora_variant["default"]) is LoraVariant
     assert layer.adapter_layer_names == ("lora_A", "lora_B", "lora_magnitude_vector")
+    assert "adapter_layer_names" not in vars(layer)  # a class attribute, never changed on the instance
     assert {n for n, p in layer.named_parameters() if p.requires_grad} == {
         "lora_A.default.weight", "lora_B.default.weight", "lora_magnitude_vector.default.weight"}
     layer.update_layer("plain", r=2, lora_alpha=2)

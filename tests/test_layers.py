@@ -201,23 +201,29 @@ def test_conv1d_matches_equivalent_linear():
 
 
 # ----- bad arguments ----------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs,match", [
-    ({"r": 0}, "r must be a positive integer"),
-    ({"r": -2}, "r must be a positive integer"),
-    ({"r": 2.0}, "r must be a positive integer"),
-    ({"r": True}, "r must be a positive integer"),
-    ({"lora_alpha": 0}, "lora_alpha must be a positive number"),
-    ({"lora_alpha": -1.0}, "lora_alpha must be a positive number"),
-    ({"lora_alpha": float("nan")}, "lora_alpha must be a positive number"),
-    ({"lora_dropout": 1.0}, r"lora_dropout must be a probability in \[0, 1\)"),
-    ({"lora_dropout": -0.1}, r"lora_dropout must be a probability in \[0, 1\)"),
-    ({"init_lora_weights": "xavier"}, "init_lora_weights must be True"),
-    ({"init_lora_weights": 1}, "init_lora_weights must be True"),
-    ({"use_rslora": "yes"}, "use_rslora must be True or False"),
+@pytest.mark.parametrize("kwargs,error,match", [
+    ({"r": 0}, ValueError, "^r must be an integer >= 1"),
+    ({"r": -2}, ValueError, "^r must be an integer >= 1"),
+    ({"r": 2.0}, TypeError, "^r must be an integer >= 1"),
+    ({"r": True}, TypeError, "^r must be an integer >= 1"),
+    ({"lora_alpha": 0}, ValueError, "^lora_alpha must be a number > 0"),
+    ({"lora_alpha": -1.0}, ValueError, "^lora_alpha must be a number > 0"),
+    ({"lora_alpha": float("nan")}, ValueError, "^lora_alpha must be a number > 0"),
+    ({"lora_alpha": "8"}, TypeError, "^lora_alpha must be a number > 0"),
+    ({"lora_dropout": 1.0}, ValueError, r"^lora_dropout must be a number in \[0, 1\)"),
+    ({"lora_dropout": -0.1}, ValueError, r"^lora_dropout must be a number in \[0, 1\)"),
+    ({"init_lora_weights": "xavier"}, ValueError, "^init_lora_weights must be True"),
+    ({"init_lora_weights": 1}, TypeError, "^init_lora_weights must be True"),
+    ({"use_rslora": "yes"}, TypeError, "^use_rslora must be True or False"),
+    ({"use_dora": 1}, TypeError, "^use_dora must be True or False"),
+    ({"adapter_name": 3}, TypeError, "an adapter name must be a string"),
+    ({"adapter_name": ""}, ValueError, "a non-empty string without dots"),
+    ({"adapter_name": "a.b"}, ValueError, "a non-empty string without dots"),
+    ({"adapter_name": "half"}, ValueError, "'half' is the name of an nn.Module attribute"),
 ])
 @pytest.mark.parametrize("kind", KINDS)
-def test_bad_arguments_raise(kind, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments_raise(kind, kwargs, error, match):
+    with pytest.raises(error, match=match):
         wrap(make_base(kind), **kwargs)
 
 
@@ -348,12 +354,14 @@ def test_embedding_says_that_init_does_not_apply():
 def test_one_base_class_with_peft_names():
     lin, emb = wrap(make_base("linear")), wrap(make_base("embedding"))
     assert isinstance(lin, LoRALayer) and isinstance(emb, LoRALayer)
-    assert lin.adapter_layer_names == ("lora_A", "lora_B")
+    assert lin.adapter_layer_names == ("lora_A", "lora_B", "lora_magnitude_vector")  # PEFT's names, fixed
     assert emb.adapter_layer_names == ("lora_embedding_A", "lora_embedding_B")
+    assert len(lin.lora_magnitude_vector) == 0  # DoRA's container exists, empty: no parameter, no state_dict key
     for layer in (lin, emb):
         assert layer.get_base_layer() is layer.base_layer
         trainable = {n for n, p in layer.named_parameters() if p.requires_grad}
-        assert trainable == {f"{c}.default" + (".weight" if layer is lin else "") for c in layer.adapter_layer_names}
+        assert trainable == {f"{c}.default" + (".weight" if layer is lin else "") for c in layer.adapter_layer_names
+                             if "default" in getattr(layer, c)} == {n for n in layer.state_dict() if "lora_" in n}
     assert isinstance(lin.lora_A["default"], nn.Linear) and lin.lora_A["default"].bias is None
 
 
