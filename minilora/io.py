@@ -15,7 +15,8 @@ A folder holds exactly what ``peft.PeftModel.save_pretrained`` writes:
   ``.lora_magnitude_vector`` (out,) (no ``.weight``: PEFT's key, chapter 09);
   ``base_model.model.<embedding>.lora_embedding_A`` (r, vocab), ``.lora_embedding_B`` (dim, r);
   ``base_model.model.<module>.<param>`` for each saved module; and the biases that
-  ``bias="lora_only"`` (``<layer>.base_layer.bias``) or ``bias="all"`` train.
+  ``bias="lora_only"`` (``<layer>.base_layer.bias``) or ``bias="all"`` train. The same tensors as
+  a dict are ``get_peft_model_state_dict`` / ``set_peft_model_state_dict`` (``minilora.state_dict``).
 
 A PiSSA adapter (chapter 09) changed its base weights; ``save_adapter(...,
 path_initial_model_for_weight_conversion=folder)`` writes it as a plain rank-2r LoRA relative to the
@@ -23,34 +24,44 @@ original base (``minilora.pissa``), as PEFT's ``save_pretrained`` with that argu
 
 Each file is written to a temporary file and then renamed, so an interrupted save never leaves a
 half-written file. Loading reads JSON and safetensors only (nothing is ever unpickled) and checks
-every name and shape before it changes the model.
+every name and shape before it changes the model; where the check needs the new adapter's layers,
+they are injected and, on refusal, taken out again exactly (``_checkpoint``). Errors: ``TypeError``
+for a wrong type, ``ValueError`` for a wrong value or state, ``UnknownAdapterError`` for an adapter
+the model does not hold, ``AdapterFileError`` for every problem with a folder.
 """
 from __future__ import annotations
 
 import json
 import os
-import warnings
+from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from .adapters import _saved_modules, add_adapter, check_not_merged, delete_adapter, list_adapters
+from .adapters import add_adapter, list_adapters
 from .config import DEFAULT_TARGETS, LoRAConfig
-from .embedding import LoRAEmbedding
 from .errors import AdapterFileError
 from .files import CONFIG_NAME, WEIGHTS_NAME, check_adapter_folder, read_tensors, write_atomic
 from .inject import lora_layers
 from .layers import LoRALinear
 from .pissa import is_pissa, pissa_to_lora_config, pissa_to_lora_state_dict
 from .prompting import PromptLearningModel
-from .prompting_io import load_prompt_adapter, prompt_peft_type, save_prompt_adapter
+from .prompting_config import check_adapter_name
+from .prompting_io import check_save_folder, load_prompt_adapter, prompt_peft_type, save_prompt_adapter
+from .state_dict import (
+    adapter_config,
+    fill_adapter,
+    get_peft_model_state_dict,
+    refuse_merged,
+    set_peft_model_state_dict,
+)
 
-__all__ = ["save_adapter", "load_adapter", "get_peft_model_state_dict", "peft_config_dict", "read_adapter_config",
-           "AdapterFileError"]
+__all__ = ["save_adapter", "load_adapter", "get_peft_model_state_dict", "set_peft_model_state_dict",
+           "peft_config_dict", "read_adapter_config", "AdapterFileError"]
 
-PREFIX = "base_model.model."
 TASK_TYPES = {"ForSequenceClassification": "SEQ_CLS", "ForCausalLM": "CAUSAL_LM", "LMHeadModel": "CAUSAL_LM",
               "ForTokenClassification": "TOKEN_CLS", "ForQuestionAnswering": "QUESTION_ANS"}
 # PEFT options that change what the weights mean; minilora refuses files that use them.
@@ -60,52 +71,9 @@ UNSUPPORTED = {"rank_pattern": ({}, None), "alpha_pattern": ({}, None),
                "alora_invocation_tokens": (None,)}
 
 
-def _config(model: nn.Module, adapter_name: str) -> LoRAConfig:
-    configs = getattr(model, "peft_config", None) or {}
-    if adapter_name not in configs:
-        raise ValueError(f"the model has no adapter named {adapter_name!r}; it has {list(configs)}."
-                         if configs else "this model has no adapters; call minilora.inject_lora(model, config) first.")
-    return configs[adapter_name]
-
-
-def _adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
-    """PEFT key -> the live tensor in ``model``, for everything the adapter's file holds."""
-    cfg, out = _config(model, adapter_name), {}
-    saved = _saved_modules(model)
-    for name, layer in lora_layers(model):
-        if adapter_name not in layer.adapters:
-            continue
-        if any(name.startswith(p + ".") for p, _ in saved):
-            raise ValueError(f"{name} is a LoRA layer inside a module_to_save; PEFT's format cannot express that.")
-        A, B = layer.factors(adapter_name)
-        if isinstance(layer, LoRAEmbedding):
-            out[f"{PREFIX}{name}.lora_embedding_A"], out[f"{PREFIX}{name}.lora_embedding_B"] = A, B
-        else:
-            out[f"{PREFIX}{name}.lora_A.weight"], out[f"{PREFIX}{name}.lora_B.weight"] = A, B
-            if adapter_name in getattr(layer, "lora_magnitude_vector", ()):  # DoRA's m (out,), under PEFT's key
-                out[f"{PREFIX}{name}.lora_magnitude_vector"] = layer.lora_magnitude_vector[adapter_name].weight
-        if cfg.bias == "lora_only" and getattr(layer.base_layer, "bias", None) is not None:
-            out[f"{PREFIX}{name}.base_layer.bias"] = layer.base_layer.bias
-    for name, m in saved:
-        if adapter_name in m.modules_to_save:
-            for key, t in m.modules_to_save[adapter_name].state_dict(keep_vars=True).items():
-                out[f"{PREFIX}{name}.{key}"] = t
-    if cfg.bias == "all":  # every bias, under its name in the model (the same as in PEFT's)
-        for pname, p in model.named_parameters():
-            if pname.endswith("bias") and not any(pname.startswith(s + ".") for s, _ in saved):
-                out[PREFIX + pname] = p
-    return out
-
-
-def get_peft_model_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """The tensors ``save_adapter`` writes, under PEFT's names (detached copies), as PEFT's function
-    of the same name returns them."""
-    return {k: v.detach().cpu().contiguous().clone() for k, v in _adapter_tensors(model, adapter_name).items()}
-
-
 def peft_config_dict(model: nn.Module, adapter_name: str = "default") -> dict:
     """The ``adapter_config.json`` content PEFT expects for this adapter."""
-    cfg = _config(model, adapter_name)
+    cfg = adapter_config(model, adapter_name)
     targets = cfg.target_modules
     if targets is None:
         targets = DEFAULT_TARGETS[model.config.model_type]
@@ -139,7 +107,12 @@ def _pissa_to_lora(tensors: dict[str, torch.Tensor], config: dict, initial: Path
     if not (initial / CONFIG_NAME).is_file():
         raise AdapterFileError(f"no {CONFIG_NAME} in {initial}; path_initial_model_for_weight_conversion must be a "
                                 "folder written by save_adapter right after inject_lora, before training.")
-    init_cfg = json.loads((initial / CONFIG_NAME).read_text())
+    try:
+        init_cfg = json.loads((initial / CONFIG_NAME).read_text())
+    except (OSError, ValueError) as e:
+        raise AdapterFileError(f"cannot read {initial / CONFIG_NAME} ({e}); save the initial adapter again.") from None
+    if not isinstance(init_cfg, dict):
+        raise AdapterFileError(f"{initial / CONFIG_NAME} should hold a JSON object, got {type(init_cfg).__name__}.")
     diff = [f"{k}: initial {init_cfg.get(k)!r}, now {config[k]!r}" for k in ("r", "lora_alpha", "use_rslora")
             if init_cfg.get(k, False) != config[k]]
     if diff:
@@ -162,13 +135,21 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
     rank-2r LoRA relative to the original base weights, which an untouched base model loads, with
     minilora or with PEFT (``minilora.pissa``). The initial folder is only read.
 
-    A prompt- or prefix-tuned model (chapter 10) is written by ``minilora.prompting_io``."""
+    A prompt- or prefix-tuned model (chapter 10) is written by ``minilora.prompting_io``. Everything is
+    checked, and the files computed, before anything is written: ``TypeError`` for a wrong type,
+    ``UnknownAdapterError`` for an adapter the model does not hold, ``AdapterFileError`` for a folder
+    that cannot be written or a wrong initial folder."""
     if isinstance(model, PromptLearningModel):
         return save_prompt_adapter(model, directory, adapter_name)
-    directory = Path(directory)
+    adapter_config(model, adapter_name)
+    directory = check_save_folder(directory)
+    initial = path_initial_model_for_weight_conversion
+    if initial is not None and not isinstance(initial, (str, os.PathLike)):
+        raise TypeError(f"path_initial_model_for_weight_conversion is a folder (str or pathlib.Path) or None, got "
+                        f"{type(initial).__name__}.")
     tensors, config = get_peft_model_state_dict(model, adapter_name), peft_config_dict(model, adapter_name)
-    if path_initial_model_for_weight_conversion is not None:
-        tensors, config = _pissa_to_lora(tensors, config, Path(path_initial_model_for_weight_conversion), directory)
+    if initial is not None:
+        tensors, config = _pissa_to_lora(tensors, config, Path(initial), directory)
     config = json.dumps(config, indent=2, sort_keys=True) + "\n"
     write_atomic(directory / WEIGHTS_NAME, safetensors_bytes(tensors, metadata={"format": "pt"}))
     write_atomic(directory / CONFIG_NAME, config)
@@ -220,64 +201,81 @@ def _to_lora_config(cfg: dict, model: nn.Module) -> LoRAConfig:
                       init_lora_weights=init, use_dora=cfg.get("use_dora") or False)
 
 
-def _optional_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
-    """Keys PEFT may write beyond ours: the embedding table of an adapted embedding
-    (``save_embedding_layers``), and with ``bias="all"`` the saved modules' inner copies."""
-    out = {}
-    for name, layer in lora_layers(model):
-        if isinstance(layer, LoRAEmbedding) and adapter_name in layer.adapters:
-            out[f"{PREFIX}{name}.base_layer.weight"] = layer.base_layer.weight
-    for name, m in _saved_modules(model):
-        if adapter_name in m.modules_to_save:
-            for key, t in m.original_module.state_dict(keep_vars=True).items():
-                out[f"{PREFIX}{name}.original_module.{key}"] = t
-            for key, t in m.modules_to_save[adapter_name].state_dict(keep_vars=True).items():
-                out[f"{PREFIX}{name}.modules_to_save.{key}"] = t
-    return out
+_CONTAINERS = (dict, OrderedDict, list, set)
 
 
-def _problems(found: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
-              optional: dict[str, torch.Tensor]) -> list[str]:
-    lines = []
-    missing = [k for k in expected if k not in found]
-    unexpected = [k for k in found if k not in expected and k not in optional]
-    wrong = [k for k in found if k in expected or k in optional
-             if tuple(found[k].shape) != tuple({**optional, **expected}[k].shape)]
-    if missing:
-        lines.append(f"missing from the file ({len(missing)}):")
-        lines += [f"  {k}  (the model expects shape {tuple(expected[k].shape)})" for k in missing]
-    if unexpected:
-        lines.append(f"unexpected in the file, no such place in the model ({len(unexpected)}):")
-        lines += [f"  {k}  (shape {tuple(found[k].shape)})" for k in unexpected]
-    if wrong:
-        lines.append(f"shape mismatch ({len(wrong)}):")
-        lines += [f"  {k}  file {tuple(found[k].shape)}, model {tuple({**optional, **expected}[k].shape)}"
-                  for k in wrong]
-    return lines
+def _checkpoint(model: nn.Module) -> Callable[[], None]:
+    """A function that puts ``model`` back as it is now, after new adapters were added to it: its module tree
+    (every module's children, parameters and buffers), every module's attributes (an adapter's ``r``,
+    ``scaling``, active and merged adapters, a saved module's active copy, train mode, ``peft_config``) and
+    every ``requires_grad``. Parameter values are not recorded: adding an adapter leaves them alone."""
+    saved = []
+    for m in model.modules():
+        attrs = dict(vars(m))
+        contents = {k: v.copy() for k, v in attrs.items() if type(v) in _CONTAINERS}
+        saved.append((m, attrs, contents))
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+
+    def restore() -> None:
+        for m, attrs, contents in saved:
+            d = vars(m)
+            for k in [k for k in d if k not in attrs]:
+                del d[k]
+            d.update(attrs)
+            for k, old in contents.items():  # the same container object, with its old contents in its old order
+                v = attrs[k]
+                if isinstance(v, list):
+                    v[:] = old
+                else:
+                    v.clear()
+                    v.update(old)
+        for p, g in grads:
+            p.requires_grad_(g)
+    return restore
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = "default") -> nn.Module:
-    """Load the adapter in ``directory`` (written by ``save_adapter`` or PEFT) as ``adapter_name``.
+    """Load the adapter in ``directory`` (written by ``save_adapter`` or PEFT) as ``adapter_name``; return
+    the model.
 
     Injects the LoRA layers if the model does not have this adapter yet (it then stays inactive
     if another adapter is active: choose it with ``set_adapter``), or fills the existing
-    adapter of that name. Refuses, naming every key and shape, a file with missing keys, unexpected
-    keys or wrong shapes, and leaves the model as it was. A prompt- or prefix-tuning adapter
-    (chapter 10) returns the base model wrapped with it (``minilora.prompting_io``)."""
+    adapter of that name. A prompt- or prefix-tuning adapter (chapter 10) returns the base model
+    wrapped with it (``minilora.prompting_io``).
+
+    Everything is checked before the model changes, and a refused call leaves it exactly as it was:
+    ``TypeError`` for a wrong type, ``ValueError`` for a wrong name or a merged model, and
+    ``AdapterFileError`` for every problem with the folder (missing, a pickle only, damaged, not LoRA,
+    or written for another model: every missing or unexpected key and wrong shape is named). The keys
+    and shapes of a new adapter are checked once its layers are injected; if they do not fit, the
+    injection is undone."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}.")
+    check_adapter_name(adapter_name)
+    directory = check_adapter_folder(directory)
     if prompt_peft_type(directory):
         return load_prompt_adapter(model, directory, adapter_name)
-    directory = Path(directory)
+    if isinstance(model, PromptLearningModel):
+        raise ValueError("this model is prompt- or prefix-tuned; minilora does not combine that with LoRA. "
+                         "Load the LoRA adapter into the base model (model.base_model) instead.")
     cfg = read_adapter_config(directory)
     found = read_tensors(directory)
-    check_not_merged(model, "loading an adapter")
+    refuse_merged(model, "loading an adapter")
     base = cfg.get("base_model_name_or_path")
     here = getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
     try:
         config = _to_lora_config(cfg, model)
     except (KeyError, TypeError, ValueError) as e:
         raise AdapterFileError(f"{directory / CONFIG_NAME} is not a valid LoRA config: {e}") from None
-    existed = adapter_name in list_adapters(model)
-    if existed:
+
+    def refuse(lines: list[str]) -> AdapterFileError:
+        return AdapterFileError(
+            f"cannot load the adapter in {directory} into this model ({here}):\n" + "\n".join(lines) +
+            (f"\nThe adapter was saved from base model {base!r}." if base else "\nThe file does not name its base "
+             "model.") + " Wrong shapes or names usually mean a different base model (or a different head size): "
+            "load it into the model it was trained on.")
+
+    if adapter_name in list_adapters(model):
         have = model.peft_config[adapter_name]
         diff = [f"{f}: model {getattr(have, f)!r}, file {getattr(config, f)!r}"
                 for f in ("r", "lora_alpha", "use_rslora", "use_dora")
@@ -285,34 +283,21 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
         if diff:
             raise AdapterFileError(f"the model's adapter {adapter_name!r} differs from the file ({'; '.join(diff)}). "
                                    "Load the file under another name, or delete_adapter first.")
-    else:
-        grads = [(p, p.requires_grad) for p in model.parameters()]
-        try:
-            add_adapter(model, adapter_name, config)
-        except ValueError as e:
-            raise AdapterFileError(f"the adapter in {directory} (saved from base {base or 'not named'}) does not fit "
-                                   f"this model ({here}): {e}") from None
+        fill_adapter(model, found, adapter_name, refuse)
+        return model
+    restore = _checkpoint(model)
     try:
-        expected = _adapter_tensors(model, adapter_name)
-        optional = _optional_tensors(model, adapter_name)
-        lines = _problems(found, expected, optional)
-        if lines:
-            raise AdapterFileError(
-                f"cannot load the adapter in {directory} into this model ({here}):\n" + "\n".join(lines) +
-                (f"\nThe adapter was saved from base model {base!r}." if base else "\nThe file does not name its base "
-                 "model.") + " Wrong shapes or names usually mean a different base model (or a different head size): "
-                "load it into the model it was trained on.")
-        with torch.no_grad():
-            for key, t in found.items():
-                dest = expected.get(key, optional.get(key))
-                if key.endswith(".base_layer.weight") and not torch.equal(dest, t.to(dest.dtype)):
-                    warnings.warn(f"{key}: the file carries its own embedding table, which differs from this "
-                                  "model's; it is loaded into the base model (as PEFT does).", stacklevel=2)
-                dest.copy_(t.to(dest.dtype))
+        add_adapter(model, adapter_name, config)
+    except ValueError as e:
+        restore()
+        raise AdapterFileError(f"the adapter in {directory} (saved from base {base or 'not named'}) does not fit "
+                               f"this model ({here}): {e}") from None
     except BaseException:
-        if not existed:
-            delete_adapter(model, adapter_name)
-            for p, g in grads:
-                p.requires_grad_(g)
+        restore()
+        raise
+    try:
+        fill_adapter(model, found, adapter_name, refuse)
+    except BaseException:
+        restore()
         raise
     return model

@@ -18,9 +18,12 @@ LoRA changes weights. These two methods freeze every weight of a causal LM and l
   ``init_prefix_from_text`` starts a prefix as Li & Liang's "activations of real words": the keys and values
   the frozen model computes for a text, so that the model starts as the base model reading that text first.
 
-The configs, the modules' names (``prompt_encoder.<adapter>.embedding``, ``.transform``) and the files
-are PEFT's (``PromptTuningConfig``, ``PrefixTuningConfig``, ``task_type="CAUSAL_LM"``); ``save_adapter``
-and ``load_adapter`` of ``minilora.io`` read and write them through ``minilora.prompting_io``.
+The configs (``minilora.prompting_config``, importable from here too), the modules' names
+(``prompt_encoder.<adapter>.embedding``, ``.transform``) and the files are PEFT's (``PromptTuningConfig``,
+``PrefixTuningConfig``, ``task_type="CAUSAL_LM"``); ``save_adapter`` and ``load_adapter`` of ``minilora.io``
+read and write them through ``minilora.prompting_io``. Every function that changes a model checks all of
+its input first: a refused call leaves the model as it was (wrapping freezes the base model only once
+everything, a ``TEXT`` initialisation's tokenizer included, has been checked).
 """
 from __future__ import annotations
 
@@ -28,101 +31,34 @@ import dataclasses
 import functools
 import math
 import warnings
-from dataclasses import KW_ONLY, dataclass
-from typing import ClassVar
 
 import torch
 from torch import nn
 from transformers import DynamicCache
 
+from .errors import UnknownAdapterError
+from .prompting_config import (
+    PrefixTuningConfig,
+    PromptTuningConfig,
+    _PromptLearningConfig,
+    check_adapter_name,
+    fill_from_model,
+)
+
 __all__ = ["PromptTuningConfig", "PrefixTuningConfig", "PromptEmbedding", "PrefixEncoder", "PromptLearningModel",
-           "add_prompt_learning", "fill_from_model", "init_prefix_from_text"]
+           "add_prompt_learning", "init_prefix_from_text"]
 
 
-@dataclass
-class _PromptLearningConfig:
-    num_virtual_tokens: int
-    _: KW_ONLY
-    task_type: str = "CAUSAL_LM"
-    num_layers: int | None = None  # the next four are read from the model's config by fill_from_model
-    token_dim: int | None = None
-    num_attention_heads: int | None = None
-    num_transformer_submodules: int | None = None
-    base_model_name_or_path: str | None = None
-    inference_mode: bool = False  # True once saved: a prefix is then stored already projected
-    peft_type: ClassVar[str]
-
-    def __post_init__(self):
-        n = self.num_virtual_tokens
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"num_virtual_tokens must be a positive integer, got {n!r}.")
-        if self.task_type != "CAUSAL_LM":
-            raise ValueError(f"task_type={self.task_type!r}: minilora's prompt learning is for causal language "
-                             "models (task_type='CAUSAL_LM'); use PEFT for other tasks.")
-        if self.num_transformer_submodules not in (None, 1):
-            raise ValueError("num_transformer_submodules must be 1 for a decoder-only model (2 is for "
-                             f"encoder-decoder models), got {self.num_transformer_submodules!r}.")
-
-    def to_dict(self) -> dict:
-        """The fields under PEFT's names: ``peft.<ConfigClass>(**config.to_dict())`` accepts them."""
-        return {"peft_type": self.peft_type, **dataclasses.asdict(self)}
-
-
-@dataclass
-class PromptTuningConfig(_PromptLearningConfig):
-    """Prompt tuning: ``num_virtual_tokens`` soft embeddings, initialised at random (N(0, 1), as
-    ``nn.Embedding``) or with ``prompt_tuning_init="TEXT"`` from the embeddings of the tokens of
-    ``prompt_tuning_init_text``, repeated or cut to ``num_virtual_tokens``."""
-    peft_type: ClassVar[str] = "PROMPT_TUNING"
-    prompt_tuning_init: str = "RANDOM"
-    prompt_tuning_init_text: str | None = None
-    tokenizer_name_or_path: str | None = None
-    tokenizer_kwargs: dict | None = None
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.prompt_tuning_init not in ("RANDOM", "TEXT"):
-            raise ValueError(f"prompt_tuning_init={self.prompt_tuning_init!r}: minilora implements 'RANDOM' and "
-                             "'TEXT'.")
-        if self.prompt_tuning_init == "TEXT" and not (self.tokenizer_name_or_path and self.prompt_tuning_init_text):
-            raise ValueError("prompt_tuning_init='TEXT' needs prompt_tuning_init_text and tokenizer_name_or_path.")
-
-
-@dataclass
-class PrefixTuningConfig(_PromptLearningConfig):
-    """Prefix tuning: per-layer key/value prefixes of ``num_virtual_tokens`` positions; with
-    ``prefix_projection`` through PEFT's MLP of width ``encoder_hidden_size`` (default ``token_dim``)."""
-    peft_type: ClassVar[str] = "PREFIX_TUNING"
-    prefix_projection: bool = False
-    encoder_hidden_size: int | None = None
-
-
-def fill_from_model(config: _PromptLearningConfig, model: nn.Module) -> _PromptLearningConfig:
-    """A copy of ``config`` with the sizes PEFT reads from the model's config: ``num_layers``,
-    ``token_dim`` (hidden size) and ``num_attention_heads``; for a prefix on a grouped-query model
-    ``token_dim`` = kv_heads × head_dim and ``num_attention_heads`` = kv_heads."""
-    mc = model.config
-    d = mc.to_dict()
-    d = d.get("text_config", d)  # a vision-language model: its language model's config
-
-    def read(value, *keys):
-        value = value if value is not None else next((d[k] for k in keys if d.get(k) is not None), None)
-        if value is None:
-            raise ValueError(f"cannot read {keys[0]} from the model's config; set it in the {type(config).__name__}.")
-        return value
-
-    layers = read(config.num_layers if config.num_layers is not None else getattr(mc, "num_hidden_layers", None),
-                  "num_layers", "n_layer")
-    dim = read(config.token_dim, "hidden_size", "n_embd", "d_model")
-    heads = read(config.num_attention_heads, "num_attention_heads", "n_head", "num_heads")
-    if config.peft_type == "PREFIX_TUNING" and "num_key_value_heads" in d:  # grouped-query attention
-        head_dim = d["head_dim"] if d.get("head_dim") is not None else dim // heads
-        heads = d["num_key_value_heads"]
-        dim = head_dim * heads
-    extra = {"encoder_hidden_size": config.encoder_hidden_size or dim} if config.peft_type == "PREFIX_TUNING" else {}
-    name = config.base_model_name_or_path or getattr(mc, "name_or_path", "") or None
-    return dataclasses.replace(config, num_layers=layers, token_dim=dim, num_attention_heads=heads,
-                               num_transformer_submodules=1, base_model_name_or_path=name, **extra)
+def _token_ids(tokenizer, text: str, vocab: int, what: str) -> list[int]:
+    """The ids of ``text``, checked to be some and to lie in the model's vocabulary of ``vocab`` tokens."""
+    ids = tokenizer(text)["input_ids"]
+    if not ids:
+        raise ValueError(f"{what} gives no tokens; give a text to start from.")
+    ids = [int(i) for i in ids]
+    if not all(0 <= i < vocab for i in ids):
+        raise ValueError(f"the tokenizer gives ids outside the model's vocabulary of {vocab} tokens "
+                         f"({max(ids)}); use the model's own tokenizer.")
+    return ids
 
 
 class PromptEmbedding(nn.Module):
@@ -135,10 +71,14 @@ class PromptEmbedding(nn.Module):
         if config.prompt_tuning_init == "TEXT" and not config.inference_mode:
             kwargs = {k: v for k, v in (config.tokenizer_kwargs or {}).items() if k != "trust_remote_code"}
             from transformers import AutoTokenizer  # here: it loads transformers.generation and, with it, scikit-learn
-            ids = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path, **kwargs)(
-                config.prompt_tuning_init_text)["input_ids"]
-            if not ids:
-                raise ValueError("prompt_tuning_init_text gives no tokens; give a text to start the prompt from.")
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path, **kwargs)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"cannot load the tokenizer {str(config.tokenizer_name_or_path)!r} "
+                                 f"(tokenizer_name_or_path): {e}. Pass the folder or name of the model's "
+                                 "tokenizer.") from None
+            ids = _token_ids(tokenizer, config.prompt_tuning_init_text, word_embeddings.num_embeddings,
+                             "prompt_tuning_init_text")
             ids = (ids * math.ceil(n / len(ids)))[:n]  # repeated, then cut to n tokens
             ids = torch.tensor(ids, dtype=torch.long, device=word_embeddings.weight.device)
             self.embedding.weight = nn.Parameter(word_embeddings(ids).detach().clone().float())  # (n, hidden)
@@ -166,6 +106,32 @@ class PrefixEncoder(nn.Module):
         return self.transform(prefix) if self.prefix_projection else prefix  # (batch, n, layers · 2 · token_dim)
 
 
+def _checked(model: nn.Module, config: _PromptLearningConfig, adapter_name: str):
+    """The config filled from ``model`` and the new prompt encoder, or an error; ``model`` is not changed."""
+    if not isinstance(config, (PromptTuningConfig, PrefixTuningConfig)):
+        raise TypeError(f"expected a PromptTuningConfig or PrefixTuningConfig, got {type(config).__name__}; "
+                        "LoRA configs go to minilora.inject_lora.")
+    if not isinstance(model, nn.Module) or not callable(getattr(model, "get_input_embeddings", None)) \
+            or getattr(model, "config", None) is None:
+        raise TypeError(f"prompt learning wraps a transformers causal LM (e.g. AutoModelForCausalLM."
+                        f"from_pretrained(...)), got {type(model).__name__}.")
+    if isinstance(model, PromptLearningModel):
+        raise ValueError("this model already has a prompt; wrap the base model (model.base_model) instead.")
+    check_adapter_name(adapter_name)
+    config = dataclasses.replace(config)  # runs the config's checks again, on a copy: it may have been changed
+    if config.peft_type == "PREFIX_TUNING" and any(getattr(m, "gradient_checkpointing", False)
+                                                   for m in model.modules()):
+        raise ValueError("prefix tuning hands the prefix over as a cache, which gradient checkpointing "
+                         "does not keep; call model.gradient_checkpointing_disable() first.")
+    config = fill_from_model(config, model)
+    words = model.get_input_embeddings()
+    if not isinstance(words, nn.Embedding):
+        raise TypeError(f"the model's input embeddings are a {type(words).__name__}, not an nn.Embedding; "
+                        "minilora's prompt learning needs a plain embedding table.")
+    encoder = PromptEmbedding(config, words) if config.peft_type == "PROMPT_TUNING" else PrefixEncoder(config)
+    return config, encoder.to(words.weight.device)
+
+
 class PromptLearningModel(nn.Module):
     """A frozen causal LM with a trainable soft prompt or prefix in front of every input.
 
@@ -174,19 +140,15 @@ class PromptLearningModel(nn.Module):
 
     def __init__(self, model: nn.Module, config: _PromptLearningConfig, adapter_name: str = "default"):
         super().__init__()
-        if config.peft_type == "PREFIX_TUNING" and any(getattr(m, "gradient_checkpointing", False)
-                                                       for m in model.modules()):
-            raise ValueError("prefix tuning hands the prefix over as a cache, which gradient checkpointing "
-                             "does not keep; call model.gradient_checkpointing_disable() first.")
-        config = fill_from_model(config, model)
+        # Validate, then change: everything that can fail (the checks, reading the sizes, building the prompt,
+        # a TEXT initialisation's tokenizer) happens before the base model is frozen.
+        config, encoder = _checked(model, config, adapter_name)
         for p in model.parameters():
             p.requires_grad_(False)
         self.base_model = model
         self.peft_config = {adapter_name: config}
         self.active_adapter = adapter_name
-        words = model.get_input_embeddings()
-        encoder = PromptEmbedding(config, words) if config.peft_type == "PROMPT_TUNING" else PrefixEncoder(config)
-        self.prompt_encoder = nn.ModuleDict({adapter_name: encoder.to(words.weight.device)})
+        self.prompt_encoder = nn.ModuleDict({adapter_name: encoder})
 
     def __getattr__(self, name: str):
         try:
@@ -212,9 +174,19 @@ class PromptLearningModel(nn.Module):
         kv = kv.permute(2, 0, 3, 1, 4)  # (layers · 2, batch, kv_heads, n, head_dim)
         return DynamicCache(kv.split(2))  # layer l: keys kv[2l], values kv[2l + 1]
 
+    def _known(self, adapter_name: str | None) -> str:
+        """``adapter_name`` (None: the active adapter) if the model has it, else ``UnknownAdapterError``."""
+        if adapter_name is None:
+            return self.active_adapter
+        if not isinstance(adapter_name, str):
+            raise TypeError(f"an adapter name is a string, got {adapter_name!r} ({type(adapter_name).__name__}).")
+        if adapter_name not in self.peft_config:
+            raise UnknownAdapterError(adapter_name, self.peft_config, "this prompt-learning model")
+        return adapter_name
+
     def get_prompt_embedding_to_save(self, adapter_name: str | None = None) -> torch.Tensor:
         """What the file holds as ``prompt_embeddings``: (n, hidden), or the projected (n, layers · 2 · token_dim)."""
-        encoder = self.prompt_encoder[adapter_name or self.active_adapter]
+        encoder = self.prompt_encoder[self._known(adapter_name)]
         tokens = torch.arange(encoder.embedding.num_embeddings, device=encoder.embedding.weight.device)
         return encoder(tokens).detach().cpu()
 
@@ -286,37 +258,51 @@ class PromptLearningModel(nn.Module):
 
 def add_prompt_learning(model: nn.Module, config: _PromptLearningConfig,
                         adapter_name: str = "default") -> PromptLearningModel:
-    """Wrap ``model`` (a causal LM) for prompt or prefix tuning: the base is frozen, only the prompt trains."""
-    if not isinstance(config, (PromptTuningConfig, PrefixTuningConfig)):
-        raise TypeError(f"expected a PromptTuningConfig or PrefixTuningConfig, got {type(config).__name__}; "
-                        "LoRA configs go to minilora.inject_lora.")
-    if isinstance(model, PromptLearningModel):
-        raise ValueError("this model already has a prompt; wrap the base model (model.base_model) instead.")
+    """Wrap ``model`` (a causal LM) for prompt or prefix tuning and return the wrapper: the base is
+    frozen, only the prompt trains. Everything is checked first: a refused call leaves ``model`` as it
+    was (``TypeError`` for a wrong type, ``ValueError`` for a wrong value)."""
     return PromptLearningModel(model, config, adapter_name)
 
 
 @torch.no_grad()
-def init_prefix_from_text(model: PromptLearningModel, tokenizer, text: str, adapter_name: str | None = None) -> None:
+def init_prefix_from_text(model: PromptLearningModel, tokenizer, text: str,
+                          adapter_name: str | None = None) -> PromptLearningModel:
     """Set a prefix to the keys and values that the frozen model computes for ``text`` (Li & Liang's
-    initialisation with real words' activations; PEFT has none for prefixes).
+    initialisation with real words' activations; PEFT has none for prefixes), and return ``model``.
 
     The text's token ids are repeated or cut to ``num_virtual_tokens``, as PEFT's ``TEXT`` initialisation of
-    prompt tuning does, so that the prefixed model starts exactly as the base model reading those tokens first."""
-    name = adapter_name or model.active_adapter
-    if name not in model.peft_config:
-        raise ValueError(f"the model has no adapter named {name!r}; it has {list(model.peft_config)}.")
+    prompt tuning does, so that the prefixed model starts exactly as the base model reading those tokens first.
+    The base model computes them in eval mode (no dropout). Everything is checked before the prefix changes."""
+    if not isinstance(model, PromptLearningModel):
+        raise TypeError(f"init_prefix_from_text takes the model that add_prompt_learning returned, got "
+                        f"{type(model).__name__}; wrap it first: add_prompt_learning(model, PrefixTuningConfig(n)).")
+    if not callable(tokenizer):
+        raise TypeError(f"tokenizer must be a tokenizer (e.g. AutoTokenizer.from_pretrained(...)), got "
+                        f"{type(tokenizer).__name__}.")
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a string, got {type(text).__name__}.")
+    name = model._known(adapter_name)
     cfg, encoder = model.peft_config[name], model.prompt_encoder[name]
     if cfg.peft_type != "PREFIX_TUNING" or encoder.prefix_projection:
         raise ValueError("init_prefix_from_text sets a prefix stored as it is used (PrefixTuningConfig without "
                          "prefix_projection); for prompt tuning use PromptTuningConfig(prompt_tuning_init='TEXT').")
-    ids = tokenizer(text)["input_ids"]
-    if not ids:
-        raise ValueError("the text gives no tokens; give a text to start the prefix from.")
-    n = cfg.num_virtual_tokens
+    base, n = model.base_model, cfg.num_virtual_tokens
+    ids = _token_ids(tokenizer, text, base.get_input_embeddings().num_embeddings, "the text")
     ids = torch.tensor((ids * math.ceil(n / len(ids)))[:n], device=encoder.embedding.weight.device)[None]  # (1, n)
-    cache = model.base_model(input_ids=ids, use_cache=True).past_key_values
+    modes = [(m, m.training) for m in base.modules()]
+    base.eval()
+    try:
+        cache = base(input_ids=ids, use_cache=True).past_key_values
+    finally:
+        for m, mode in modes:
+            m.training = mode
     layers = [(layer.keys, layer.values) for layer in cache.layers]  # each (1, kv_heads, n, head_dim)
     if len(layers) != cfg.num_layers:
         raise ValueError(f"the model's cache has {len(layers)} layers, the prefix {cfg.num_layers}.")
     kv = torch.stack([t[0] for pair in layers for t in pair])  # (layers · 2, kv_heads, n, head_dim)
-    encoder.embedding.weight.copy_(kv.permute(2, 0, 1, 3).reshape(n, -1))  # (n, layers · 2 · kv_heads · head_dim)
+    kv = kv.permute(2, 0, 1, 3).reshape(n, -1)  # (n, layers · 2 · kv_heads · head_dim)
+    if kv.shape != encoder.embedding.weight.shape:
+        raise ValueError(f"the model's keys and values give a prefix of shape {tuple(kv.shape)}, the adapter holds "
+                         f"{tuple(encoder.embedding.weight.shape)}: the adapter was made for another model.")
+    encoder.embedding.weight.copy_(kv)
+    return model

@@ -25,9 +25,10 @@ from transformers.pytorch_utils import Conv1D
 
 from .config import name_matches
 from .counting import model_nbytes
-from .inject import output_head_names, short_names
 from .layers import LoRALayer, LoRALinear
 from .quant import NF4Tensor, check_blocksize, dequantize_nf4, quantize_nf4
+from .targets import output_head_names, short_names
+from .utils import check_bool, check_int
 
 __all__ = ["LinearNF4", "QuantizeReport", "nf4_plan", "quantize_model_nf4"]
 
@@ -140,16 +141,18 @@ def nf4_plan(model: nn.Module, skip: Sequence[str] | None = None) -> tuple[list[
     ``base_layer`` of each ``LoRALinear`` is replaced; the adapters' own ``lora_A``/``lora_B``
     are not base layers and are never considered."""
     if isinstance(skip, str):
-        raise ValueError(f"skip must be a list of names, e.g. [{skip!r}], not a string.")
+        raise TypeError(f"skip must be a list of names, e.g. [{skip!r}], not a string.")
+    if skip is not None and (not isinstance(skip, (list, tuple, set, frozenset))
+                             or not all(isinstance(k, str) for k in skip)):
+        raise TypeError(f"skip must be a list of layer names (strings) or None, got {skip!r}.")
     adapters = {f"{n}.{c}" for n, m in model.named_modules() if isinstance(m, LoRALayer) for c in m.adapter_layer_names}
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))
                and not any(n.startswith(a + ".") for a in adapters)]
-    if skip is not None:
-        for key in skip:
-            if not any(name_matches(n, [key]) for n, _ in linears):
-                raise ValueError(f"skip entry {key!r} matched no linear layer; linear layers in this model: "
-                                 f"{short_names([n for n, _ in linears])}. An entry matches a full name or its last "
-                                 "dotted parts, as in target_modules.")
+    for key in skip or ():
+        if not any(name_matches(n, [key]) for n, _ in linears):
+            raise ValueError(f"skip entry {key!r} matched no linear layer; linear layers in this model: "
+                             f"{short_names([n for n, _ in linears])}. An entry matches a full name or its last "
+                             "dotted parts, as in target_modules.")
     heads = output_head_names(model) if skip is None else set()
     has_lora = bool(adapters)
     uses: dict[int, int] = {}
@@ -173,15 +176,44 @@ def nf4_plan(model: nn.Module, skip: Sequence[str] | None = None) -> tuple[list[
 def quantize_model_nf4(model: nn.Module, skip: Sequence[str] | None = None, blocksize: int = 64,
                        double_quant: bool = True, compute_dtype: Optional[torch.dtype] = None) -> QuantizeReport:
     """Replace, in place, every ``nn.Linear`` of ``model`` that ``nf4_plan`` selects by a frozen
-    ``LinearNF4`` (double-quantized by default, as QLoRA), and report what it did."""
-    check_blocksize(blocksize)
+    ``LinearNF4`` (double-quantized by default, as QLoRA), and report what it did.
+
+    All or nothing: the arguments and the model are checked first (``TypeError`` for a wrong type,
+    ``ValueError`` for a wrong value: an odd ``blocksize``, a ``skip`` entry that matches no linear
+    layer, a merged adapter, a DoRA adapter, whose magnitudes need the full-precision weight), then
+    every layer is quantized, and only then are the layers swapped in. If quantizing one fails, the
+    model is left as it was. It returns the report rather than the model (the model is changed in
+    place, not replaced), since the report's ``bytes_before`` cannot be computed afterwards."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}.")
     if isinstance(model, (nn.Linear, LoRALinear)):
         raise ValueError("model is itself a single layer; use LinearNF4.from_linear(layer) instead.")
+    check_int(blocksize, "blocksize", minimum=2, hint="NF4 uses 64, as QLoRA.")
+    check_blocksize(blocksize)
+    check_bool(double_quant, "double_quant")
+    if compute_dtype is not None and not (isinstance(compute_dtype, torch.dtype) and compute_dtype.is_floating_point):
+        raise TypeError(f"compute_dtype must be a floating-point torch.dtype (e.g. torch.bfloat16) or None, got "
+                        f"{compute_dtype!r}.")
+    merged = sorted({n for m in model.modules() if isinstance(m, LoRALayer) for n in m.merged_adapters})
+    if merged:
+        raise ValueError(f"adapters {merged} are merged into the base weights, which quantizing would make "
+                         "permanent; call minilora.unmerge_adapter(model) first.")
+    dora = sorted({n for m in model.modules() if isinstance(m, LoRALayer)
+                   for n in getattr(m, "lora_magnitude_vector", {})})
+    if dora:
+        raise ValueError(f"adapters {dora} use DoRA, whose magnitudes are computed from the full-precision base "
+                         "weight, which NF4 does not keep; QLoRA uses plain LoRA (use_dora=False).")
     replaced, skipped = nf4_plan(model, skip)
     report = QuantizeReport(replaced, skipped, bytes_before=model_nbytes(model))
+    new = {}  # quantize every layer first: if one fails, nothing has been swapped yet
     for name in replaced:
+        old = model.get_submodule(name)
+        try:
+            new[name] = LinearNF4.from_linear(old, blocksize, double_quant, compute_dtype).train(old.training)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"cannot quantize {name}: {e} The model was left as it was.") from None
+    for name, layer in new.items():
         parent, _, child = name.rpartition(".")
-        owner = model.get_submodule(parent) if parent else model
-        setattr(owner, child, LinearNF4.from_linear(getattr(owner, child), blocksize, double_quant, compute_dtype))
+        setattr(model.get_submodule(parent) if parent else model, child, layer)
     report.bytes_after = model_nbytes(model)
     return report

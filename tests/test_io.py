@@ -14,8 +14,16 @@ from transformers import BertConfig, BertForSequenceClassification
 
 import minilora as ml
 from minilora.adapters import list_adapters, set_adapter
+from minilora.errors import UnknownAdapterError
 from minilora.files import write_atomic
-from minilora.io import AdapterFileError, load_adapter, read_adapter_config, save_adapter
+from minilora.io import (
+    AdapterFileError,
+    get_peft_model_state_dict,
+    load_adapter,
+    read_adapter_config,
+    save_adapter,
+    set_peft_model_state_dict,
+)
 from minilora.modules_to_save import ModulesToSaveWrapper
 
 CASES = {  # architecture -> (targets, modules_to_save)
@@ -317,10 +325,71 @@ def test_an_interrupted_save_leaves_the_old_adapter_whole(saved, monkeypatch, ti
 
 def test_save_refuses_unknown_adapters(tmp_path, tiny):
     _, model = mine(tiny, "bert", ["query"], None)
-    with pytest.raises(ValueError, match=r"no adapter named 'other'; it has \['default'\]"):
+    with pytest.raises(UnknownAdapterError, match=r"no adapter named 'other' in the model; it has \['default'\]"):
         save_adapter(model, tmp_path, "other")
-    with pytest.raises(ValueError, match="inject_lora"):
+    with pytest.raises(UnknownAdapterError, match="inject_lora"):
         save_adapter(tiny.bert(), tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+# ----- set_peft_model_state_dict ---------------------------------------------------------------------
+@pytest.mark.parametrize("arch", CASES)
+def test_state_dict_round_trip_gives_the_same_outputs(arch, tiny):
+    targets, mts = CASES[arch]
+    base, model = mine(tiny, arch, targets, mts)
+    other = ml.inject_lora(copy.deepcopy(base), ml.LoRAConfig(r=4, lora_alpha=8, target_modules=targets,
+                                                              modules_to_save=mts))
+    assert not torch.allclose(tiny.logits(other), tiny.logits(model), atol=1e-3)
+    assert set_peft_model_state_dict(other, get_peft_model_state_dict(model)) is other
+    torch.testing.assert_close(tiny.logits(other), tiny.logits(model), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("arch", CASES)
+def test_a_peft_state_dict_loads_with_the_same_outputs(arch, tiny):
+    from peft import get_peft_model_state_dict as peft_state_dict
+
+    targets, mts = CASES[arch]
+    base = tiny.make[arch]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Conv1D fan_in_fan_out
+        pm = tiny.as_if_trained(get_peft_model(copy.deepcopy(base), LoraConfig(
+            r=4, lora_alpha=8, target_modules=targets, modules_to_save=mts))).eval()
+    model = ml.inject_lora(copy.deepcopy(base), ml.LoRAConfig(r=4, lora_alpha=8, target_modules=targets,
+                                                              modules_to_save=mts))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT's save_embedding_layers note
+        theirs = peft_state_dict(pm)
+    set_peft_model_state_dict(model, theirs)
+    torch.testing.assert_close(tiny.logits(model), tiny.logits(pm), atol=1e-5, rtol=0)
+    assert (tiny.logits(model) - tiny.logits(base)).abs().max() > 1e-3
+
+
+def test_state_dict_of_the_second_adapter_loads_into_that_adapter_only(tiny):
+    base, model = mine(tiny, "llama", ["q_proj"], None)
+    ml.inject_lora(model, ml.LoRAConfig(r=2, lora_alpha=4, target_modules=["v_proj"]), "b")
+    set_adapter(model, "b")
+    tiny.as_if_trained(model, seed=5)
+    other = ml.inject_lora(copy.deepcopy(base), ml.LoRAConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    ml.inject_lora(other, ml.LoRAConfig(r=2, lora_alpha=4, target_modules=["v_proj"]), "b")
+    default_before = get_peft_model_state_dict(other, "default")
+    set_peft_model_state_dict(other, get_peft_model_state_dict(model, "b"), "b")
+    for k, v in get_peft_model_state_dict(other, "default").items():
+        assert torch.equal(v, default_before[k])
+    set_adapter(other, "b")
+    torch.testing.assert_close(tiny.logits(other), tiny.logits(model), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"missing from the state dict \(4\):\n(  .*q_proj.*\n){4}unexpected in the "
+                                         r"state dict, no such place in the model \(4\):\n(  .*v_proj.*\n){4}Pass"):
+        set_peft_model_state_dict(other, get_peft_model_state_dict(model, "b"), "default")  # every key is named
+
+
+def test_load_adapter_returns_the_model_and_fills_an_existing_adapter(saved, tiny):
+    base, path = saved
+    model = copy.deepcopy(base)
+    assert load_adapter(model, path) is model
+    again = ml.inject_lora(copy.deepcopy(base), ml.LoRAConfig(r=4, lora_alpha=8, target_modules=["query", "value"],
+                                                              modules_to_save=["classifier"]))
+    assert load_adapter(again, path) is again
+    torch.testing.assert_close(tiny.logits(again), tiny.logits(model), atol=0, rtol=0)
 
 
 def test_write_atomic_writes_text_or_bytes_into_a_new_folder(tmp_path):

@@ -221,7 +221,7 @@ def test_labels_and_mask_are_extended(tiny):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"num_virtual_tokens": 0}, "positive integer"),
+    ({"num_virtual_tokens": 0}, "an integer >= 1"),
     ({"num_virtual_tokens": 2, "task_type": "SEQ_CLS"}, "causal language models"),
     ({"num_virtual_tokens": 2, "prompt_tuning_init": "TEXT"}, "needs prompt_tuning_init_text"),
     ({"num_virtual_tokens": 2, "prompt_tuning_init": "SAMPLE_VOCAB"}, "'RANDOM' and 'TEXT'"),
@@ -230,6 +230,43 @@ def test_labels_and_mask_are_extended(tiny):
 def test_bad_configs_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         PromptTuningConfig(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"num_virtual_tokens": True}, "num_virtual_tokens must be an integer >= 1, got True"),
+    ({"num_virtual_tokens": "8"}, "num_virtual_tokens must be an integer"),
+    ({"num_virtual_tokens": 2.0}, "num_virtual_tokens must be an integer"),
+    ({"num_virtual_tokens": 2, "task_type": None}, "task_type must be a string"),
+    ({"num_virtual_tokens": 2, "prompt_tuning_init": 1}, "prompt_tuning_init must be"),
+    ({"num_virtual_tokens": 2, "token_dim": "32"}, "token_dim must be an integer"),
+    ({"num_virtual_tokens": 2, "inference_mode": 1}, "inference_mode must be True or False"),
+])
+def test_configs_of_the_wrong_type_are_type_errors(kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        PromptTuningConfig(**kwargs)
+    with pytest.raises(TypeError, match="prefix_projection must be True or False"):
+        PrefixTuningConfig(2, prefix_projection="no")
+
+
+def test_add_prompt_learning_returns_the_wrapper_and_copies_the_config(tiny):
+    config = PrefixTuningConfig(N)
+    base = tiny.llama()
+    wrapper = add_prompt_learning(base, config)
+    assert isinstance(wrapper, PromptLearningModel) and wrapper.base_model is base
+    assert wrapper.active_peft_config is not config and config.num_layers is None  # the user's config is not filled
+    assert not any(p.requires_grad for p in base.parameters())
+
+
+def test_a_prompt_state_dict_round_trips(tiny):
+    from minilora.io import get_peft_model_state_dict, set_peft_model_state_dict
+
+    theirs, ours = both(tiny, "llama", "prefix")
+    fresh = add_prompt_learning(tiny.llama(), PrefixTuningConfig(N))
+    assert set_peft_model_state_dict(fresh, get_peft_model_state_dict(ours)) is fresh
+    ids, mask = padded(tiny)
+    torch.testing.assert_close(run(fresh, ids, mask).logits, run(ours, ids, mask).logits, atol=0, rtol=0)
+    torch.testing.assert_close(get_peft_model_state_dict(ours)["prompt_embeddings"],
+                               peft.get_peft_model_state_dict(theirs)["prompt_embeddings"], atol=1e-6, rtol=0)
 
 
 def test_bad_calls_are_refused(tiny):
@@ -263,8 +300,7 @@ def _refused(model, directory, message):
 @pytest.mark.parametrize("method", METHODS)
 def test_a_file_from_another_base_model_is_refused(tiny, tmp_path, method):
     directory = _saved(tiny, tmp_path, "llama", method)
-    wide = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=48, intermediate_size=64, num_hidden_layers=3,
-                                        num_attention_heads=4, num_key_value_heads=2))
+    wide = tiny.llama(hidden_size=48, num_hidden_layers=3)
     _refused(wide, directory, "does not fit this model .*num_layers: file 2, model 3; token_dim: file (16|32), "
              "model (24|48).* Load it into the model it was trained on")
 
@@ -295,7 +331,8 @@ def test_unknown_types_and_bad_configs_are_refused(tiny, tmp_path):
     _refused(tiny.gpt2(), directory, r"num_virtual_tokens=4 need \(4, 128\)")
     path.write_text(json.dumps(cfg))
     wrapped = load_adapter(tiny.gpt2(), directory)
-    _refused(wrapped, directory, "has a prompt already")
+    with pytest.raises(ValueError, match="has a prompt already"):  # the model's state, not the file, is wrong
+        load_adapter(wrapped, directory)
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
@@ -309,7 +346,10 @@ def test_prefix_from_text_starts_as_the_base_model_reading_the_text(tiny, tokeni
     for text, n in [("predict if the review is positive", 4), ("is positive", 5)]:
         base = tiny.make[arch]().eval()
         model = add_prompt_learning(base, PrefixTuningConfig(n))
-        init_prefix_from_text(model, tok, text)
+        model.train()  # the text's keys and values are computed in eval mode; the modes are then put back
+        assert init_prefix_from_text(model, tok, text) is model
+        assert all(m.training for m in model.modules())
+        model.eval()
         ids = torch.tensor((tok(text)["input_ids"] * 5)[:n])
         with torch.no_grad():
             want = base(input_ids=torch.cat((ids.expand(len(tiny.IDS), -1), tiny.IDS), dim=1)).logits[:, n:]

@@ -92,17 +92,12 @@ def test_qlora_layer_trains_and_refuses_merge():
     assert not layer.merged
 
 
-def _tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=120, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    return LlamaForCausalLM(cfg).eval()
+def _tiny_llama(tiny):
+    return tiny.llama(vocab_size=120, hidden_size=64, intermediate_size=128, tie_word_embeddings=False)
 
 
-def test_quantize_model_nf4_llama():
-    model = _tiny_llama()
+def test_quantize_model_nf4_llama(tiny):
+    model = _tiny_llama(tiny)
     ids = torch.randint(0, 120, (2, 9))
     with torch.no_grad():
         before = model(ids).logits
@@ -118,8 +113,8 @@ def test_quantize_model_nf4_llama():
     assert ((after - before).norm() / before.norm()) < 0.2
 
 
-def test_quantize_model_nf4_with_lora():
-    model = _tiny_llama()
+def test_quantize_model_nf4_with_lora(tiny):
+    model = _tiny_llama(tiny)
     for layer in model.model.layers:
         for n in ("q_proj", "v_proj"):
             setattr(layer.self_attn, n, LoRALinear(getattr(layer.self_attn, n), r=4, lora_alpha=8))
@@ -142,19 +137,19 @@ def test_quantize_model_nf4_with_lora():
         q.merge()
 
 
-def test_quantize_model_nf4_bad_input_and_tied():
+def test_quantize_model_nf4_bad_input_and_tied(tiny):
     with pytest.raises(ValueError):
         quantize_model_nf4(nn.Linear(4, 4))
-    with pytest.raises(ValueError, match="list"):
-        quantize_model_nf4(_tiny_llama(), skip="lm_head")
+    with pytest.raises(TypeError, match="list"):
+        quantize_model_nf4(_tiny_llama(tiny), skip="lm_head")
     m = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 10, bias=False))
     m[1].weight = m[0].weight
     report = quantize_model_nf4(m, skip=())
     assert report.skipped == {"1": "weight tied to another parameter"} and not report.replaced
 
 
-def test_qlora_after_inject_lora():
-    model = _tiny_llama()
+def test_qlora_after_inject_lora(tiny):
+    model = _tiny_llama(tiny)
     inject_lora(model, LoRAConfig(r=4, lora_alpha=8, target_modules="all-linear", modules_to_save=["lm_head"]))
     trainable_before = get_nb_trainable_parameters(model)[0]
     report = quantize_model_nf4(model)
@@ -181,8 +176,8 @@ def test_qlora_adapter_dtype_without_bias():
     assert A.grad is not None and A.grad.dtype == torch.float32
 
 
-def test_skip_uses_the_target_modules_rule_and_refuses_a_name_that_matches_nothing():
-    model = _tiny_llama()
+def test_skip_uses_the_target_modules_rule_and_refuses_a_name_that_matches_nothing(tiny):
+    model = _tiny_llama(tiny)
     replaced, skipped = nf4_plan(model, skip=["self_attn.q_proj", "lm_head"])  # a dotted suffix matches
     assert set(skipped) == {"model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj", "lm_head"}
     assert set(skipped.values()) == {"named in skip"} and len(replaced) == 2 * 6
@@ -197,8 +192,8 @@ def test_skip_uses_the_target_modules_rule_and_refuses_a_name_that_matches_nothi
     assert not any(isinstance(m, LinearNF4) for m in model.modules())  # refused before changing anything
 
 
-def test_the_adapters_own_linears_are_never_quantized():
-    model = _tiny_llama()
+def test_the_adapters_own_linears_are_never_quantized(tiny):
+    model = _tiny_llama(tiny)
     inject_lora(model, LoRAConfig(r=4, target_modules=["q_proj"]))
     inject_lora(model, LoRAConfig(r=4, target_modules=["q_proj"]), "frozen_one")  # inactive, so frozen
     replaced, skipped = nf4_plan(model)
