@@ -134,7 +134,7 @@ class LoRALayer(nn.Module):
         active adapters are trainable and the others frozen."""
         names = self._known(adapter_names, "adapter_names")
         if self.merged_adapters:
-            raise RuntimeError(f"adapters {self.merged_adapters} are merged into the weight; unmerge() before "
+            raise ValueError(f"adapters {self.merged_adapters} are merged into the weight; unmerge() before "
                                "switching.")
         self.active_adapters = names
         self._set_trainable()
@@ -149,7 +149,7 @@ class LoRALayer(nn.Module):
         """Remove adapter ``adapter_name`` from this layer (unmerge it first if it is merged)."""
         adapter_name, = self._known(adapter_name, "adapter_name")
         if adapter_name in self.merged_adapters:
-            raise RuntimeError(f"adapter {adapter_name!r} is merged into the weight; unmerge() before deleting it.")
+            raise ValueError(f"adapter {adapter_name!r} is merged into the weight; unmerge() before deleting it.")
         self._forget(adapter_name)
 
     def _forget(self, name: str) -> None:
@@ -266,7 +266,7 @@ class LoRALayer(nn.Module):
 
     def _base_weight(self) -> torch.Tensor:
         if getattr(self.base_layer, "is_quantized", False):
-            raise RuntimeError("cannot merge a LoRA update into a quantized (NF4) base weight: the sum would have to "
+            raise ValueError("cannot merge a LoRA update into a quantized (NF4) base weight: the sum would have to "
                                "be re-quantized and the adapter's precision lost. Dequantize the base first "
                                "(LinearNF4.to_linear, chapter 08), or keep the adapter unmerged.")
         return self.base_layer.weight

@@ -174,16 +174,19 @@ def nf4_plan(model: nn.Module, skip: Sequence[str] | None = None) -> tuple[list[
 
 
 def quantize_model_nf4(model: nn.Module, skip: Sequence[str] | None = None, blocksize: int = 64,
-                       double_quant: bool = True, compute_dtype: Optional[torch.dtype] = None) -> QuantizeReport:
+                       double_quant: bool = True, compute_dtype: Optional[torch.dtype] = None) -> nn.Module:
     """Replace, in place, every ``nn.Linear`` of ``model`` that ``nf4_plan`` selects by a frozen
-    ``LinearNF4`` (double-quantized by default, as QLoRA), and report what it did.
+    ``LinearNF4`` (double-quantized by default, as QLoRA); return the model.
+
+    What it did is kept on the model as ``model.nf4_report`` (a ``QuantizeReport``: the layers
+    replaced, those left in full precision and why, the bytes before and after), as transformers
+    keeps ``model.quantization_config`` on a model it quantized.
 
     All or nothing: the arguments and the model are checked first (``TypeError`` for a wrong type,
     ``ValueError`` for a wrong value: an odd ``blocksize``, a ``skip`` entry that matches no linear
     layer, a merged adapter, a DoRA adapter, whose magnitudes need the full-precision weight), then
     every layer is quantized, and only then are the layers swapped in. If quantizing one fails, the
-    model is left as it was. It returns the report rather than the model (the model is changed in
-    place, not replaced), since the report's ``bytes_before`` cannot be computed afterwards."""
+    model is left as it was. Like every function of minilora that changes a model, it returns the model."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}.")
     if isinstance(model, (nn.Linear, LoRALinear)):
@@ -216,4 +219,5 @@ def quantize_model_nf4(model: nn.Module, skip: Sequence[str] | None = None, bloc
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, layer)
     report.bytes_after = model_nbytes(model)
-    return report
+    model.nf4_report = report
+    return model

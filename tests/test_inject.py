@@ -225,7 +225,7 @@ def test_qlora_order_quantize_then_inject(tiny):
     assert q.lora_A["default"].weight.dtype == torch.float32 and q.lora_A["default"].weight.requires_grad
     n_lora = 2 * (4 * (32 + 32) + 4 * (32 + 16))  # 2 layers; q: 32->32, v: 32->16 (2 kv heads of 8)
     assert ml.get_nb_trainable_parameters(model) == (n_lora, n_base + n_lora)
-    with pytest.raises(RuntimeError, match="quantized"):
+    with pytest.raises(ValueError, match="quantized"):
         ml.merge_adapter(model)
 
 

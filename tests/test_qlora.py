@@ -87,7 +87,7 @@ def test_qlora_layer_trains_and_refuses_merge():
     assert losses[-1] < 0.5 * losses[0]
     assert torch.equal(layer.base_layer.weight_codes, codes_before)
     assert layer.base_layer.bias.grad is None
-    with pytest.raises(RuntimeError, match="quantized"):
+    with pytest.raises(ValueError, match="quantized"):
         layer.merge()
     assert not layer.merged
 
@@ -101,7 +101,7 @@ def test_quantize_model_nf4_llama(tiny):
     ids = torch.randint(0, 120, (2, 9))
     with torch.no_grad():
         before = model(ids).logits
-    report = quantize_model_nf4(model)
+    report = quantize_model_nf4(model).nf4_report
     assert len(report.replaced) == 2 * 7
     assert report.skipped == {"lm_head": "an output head"}
     assert isinstance(model.model.layers[0].self_attn.q_proj, LinearNF4)
@@ -124,7 +124,7 @@ def test_quantize_model_nf4_with_lora(tiny):
         for n in ("q_proj", "v_proj"):
             getattr(layer.self_attn, n).set_adapter("default")
     model.extra_head = nn.Linear(4, 4)  # still trainable: must be left alone
-    report = quantize_model_nf4(model)
+    report = quantize_model_nf4(model).nf4_report
     q = model.model.layers[1].self_attn.q_proj
     assert isinstance(q, LoRALinear) and isinstance(q.base_layer, LinearNF4)
     assert "model.layers.1.self_attn.q_proj.base_layer" in report.replaced
@@ -133,7 +133,7 @@ def test_quantize_model_nf4_with_lora(tiny):
     out.loss.backward()
     grad = q.lora_B["default"].weight.grad
     assert grad is not None and grad.abs().sum() > 0
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError):
         q.merge()
 
 
@@ -144,7 +144,7 @@ def test_quantize_model_nf4_bad_input_and_tied(tiny):
         quantize_model_nf4(_tiny_llama(tiny), skip="lm_head")
     m = nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 10, bias=False))
     m[1].weight = m[0].weight
-    report = quantize_model_nf4(m, skip=())
+    report = quantize_model_nf4(m, skip=()).nf4_report
     assert report.skipped == {"1": "weight tied to another parameter"} and not report.replaced
 
 
@@ -152,7 +152,7 @@ def test_qlora_after_inject_lora(tiny):
     model = _tiny_llama(tiny)
     inject_lora(model, LoRAConfig(r=4, lora_alpha=8, target_modules="all-linear", modules_to_save=["lm_head"]))
     trainable_before = get_nb_trainable_parameters(model)[0]
-    report = quantize_model_nf4(model)
+    report = quantize_model_nf4(model).nf4_report
     assert len(report.replaced) == 2 * 7 and all(n.endswith(".base_layer") for n in report.replaced)
     assert all("lm_head" in n for n in report.skipped)  # the head and its trainable copy stay full precision
     assert get_nb_trainable_parameters(model)[0] == trainable_before
@@ -160,7 +160,7 @@ def test_qlora_after_inject_lora(tiny):
     model(ids, labels=ids).loss.backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert len(grads) > 0 and all(g is not None for g in grads)
-    with pytest.raises(RuntimeError, match="quantized"):
+    with pytest.raises(ValueError, match="quantized"):
         merge_and_unload(model)
 
 
@@ -199,3 +199,10 @@ def test_the_adapters_own_linears_are_never_quantized(tiny):
     replaced, skipped = nf4_plan(model)
     assert not any(".lora_" in n for n in list(replaced) + list(skipped))
     assert "model.layers.0.self_attn.q_proj.base_layer" in replaced
+
+
+def test_quantize_model_nf4_returns_the_model_and_keeps_its_report_on_it(tiny):
+    model = _tiny_llama(tiny)
+    assert quantize_model_nf4(model) is model  # every mutator returns the model
+    report = model.nf4_report
+    assert report.replaced and report.bytes_before > report.bytes_after > 0
