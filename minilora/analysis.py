@@ -29,21 +29,26 @@ from __future__ import annotations
 
 import torch
 
+from .utils import check_int
+
 __all__ = ["top_right_singular_vectors", "subspace_similarity", "subspace_similarity_grid",
            "random_subspace_similarity", "amplification_factor"]
 
 
 def _matrix(name: str, t: torch.Tensor) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor) or t.dim() != 2:
-        raise ValueError(f"{name} must be a 2-D tensor (a LoRA A is (r, in)), got "
-                         f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}.")
+    """``t`` detached, in float64, if it is a 2-D tensor."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a 2-D torch.Tensor (a LoRA A is (r, in)), got {type(t).__name__}.")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D tensor (a LoRA A is (r, in)), got shape {tuple(t.shape)}.")
     return t.detach().double()
 
 
 def top_right_singular_vectors(A: torch.Tensor, i: int) -> torch.Tensor:
     """The top-``i`` right-singular vectors of ``A`` (r, k), as the columns of a (k, i) matrix."""
     A = _matrix("A", A)
-    if not 1 <= i <= min(A.shape):
+    check_int(i, "i")
+    if i > min(A.shape):
         raise ValueError(f"i must be between 1 and the rank bound min{tuple(A.shape)} = {min(A.shape)}, got {i}.")
     return torch.linalg.svd(A, full_matrices=False).Vh[:i].T
 
@@ -71,7 +76,9 @@ def subspace_similarity_grid(A1: torch.Tensor, A2: torch.Tensor) -> torch.Tensor
 def random_subspace_similarity(k: int, i: int, j: int) -> float:
     """The expected :math:`\\phi` of a random i-dimensional and a random j-dimensional subspace of
     :math:`\\mathbb{R}^k`: :math:`\\max(i, j) / k`."""
-    if not (1 <= i <= k and 1 <= j <= k):
+    for name, value in (("k", k), ("i", i), ("j", j)):
+        check_int(value, name)
+    if not (i <= k and j <= k):
         raise ValueError(f"need 1 <= i, j <= k, got k={k}, i={i}, j={j}.")
     return max(i, j) / k
 
@@ -82,7 +89,8 @@ def amplification_factor(delta_w: torch.Tensor, W: torch.Tensor, r: int) -> floa
     delta_w, W = _matrix("delta_w", delta_w), _matrix("W", W)
     if delta_w.shape != W.shape:
         raise ValueError(f"delta_w {tuple(delta_w.shape)} and W {tuple(W.shape)} must have the same shape.")
-    if not 1 <= r <= min(W.shape):
+    check_int(r, "r")
+    if r > min(W.shape):
         raise ValueError(f"r must be between 1 and {min(W.shape)}, got {r}.")
     U, _, Vh = torch.linalg.svd(delta_w, full_matrices=False)
     projected = U[:, :r].T @ W @ Vh[:r].T  # (r, r): W seen through delta W's top directions

@@ -27,10 +27,12 @@ import transformers
 from torch import nn
 
 from .config import LoRAConfig
-from .inject import inject_lora, output_head_names
+from .inject import inject_lora
 from .layers import LoRALayer
+from .targets import output_head_names
+from .utils import check_bool, check_int
 
-__all__ = ["meta_model", "as_model", "llama2_config", "LLAMA2", "count_parameters", "get_nb_trainable_parameters",
+__all__ = ["meta_model", "llama2_config", "LLAMA2", "count_parameters", "get_nb_trainable_parameters",
            "print_trainable_parameters", "lora_count", "lora_matrix_count", "paper_formula", "model_nbytes",
            "COMPONENTS", "component_counts", "block_summary"]
 
@@ -46,7 +48,9 @@ LLAMA2 = {  # published hyper-parameters (Touvron et al. 2023); untied embedding
 
 def llama2_config(size: str = "7b"):
     """A ``LlamaConfig`` with Llama-2's published sizes: "7b", "13b" or "70b"."""
-    if not isinstance(size, str) or size.lower() not in LLAMA2:
+    if not isinstance(size, str):
+        raise TypeError(f"size must be one of {list(LLAMA2)}, got {size!r} ({type(size).__name__}).")
+    if size.lower() not in LLAMA2:
         raise ValueError(f"size must be one of {list(LLAMA2)}, got {size!r}.")
     return transformers.LlamaConfig(vocab_size=32000, tie_word_embeddings=False, **LLAMA2[size.lower()])
 
@@ -65,7 +69,8 @@ def meta_model(config, auto_class=None) -> nn.Module:
 
 
 def as_model(model_or_config) -> nn.Module:
-    """A model as it is; a transformers config built on the meta device (``meta_model``)."""
+    """A model as it is; a transformers config built on the meta device (``meta_model``). Shared with
+    ``minilora.memory``: every counting function takes either."""
     if isinstance(model_or_config, nn.Module):
         return model_or_config
     if isinstance(model_or_config, transformers.PretrainedConfig):
@@ -122,15 +127,16 @@ def lora_count(model_or_config, config: LoRAConfig, auto_class=None) -> tuple[in
 
 def lora_matrix_count(d_in: int, d_out: int, r: int, use_dora: bool = False) -> int:
     """LoRA parameters for one ``d_out x d_in`` matrix: ``r * (d_in + d_out)``, plus ``d_out`` with DoRA."""
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (d_in, d_out, r)) or min(d_in, d_out, r) < 1:
-        raise ValueError(f"d_in, d_out and r must be positive integers, got {d_in!r}, {d_out!r}, {r!r}.")
-    if not isinstance(use_dora, bool):
-        raise ValueError(f"use_dora must be True or False, got {use_dora!r}.")
+    for name, value in (("d_in", d_in), ("d_out", d_out), ("r", r)):
+        check_int(value, name)
+    check_bool(use_dora, "use_dora")
     return r * (d_in + d_out) + (d_out if use_dora else 0)
 
 
 def paper_formula(n_matrices: int, d_model: int, r: int) -> int:
     """The LoRA paper's count for square attention matrices: ``2 * n_matrices * d_model * r``."""
+    for name, value in (("n_matrices", n_matrices), ("d_model", d_model), ("r", r)):
+        check_int(value, name)
     return 2 * n_matrices * d_model * r
 
 
@@ -209,7 +215,8 @@ def block_summary(model: nn.Module, index: int = 0) -> str:
     """One transformer block as a compact table: each layer with weights, its type, its
     ``in → out`` shape and its parameter count (LoRA layers count their base and their A, B)."""
     prefix, blocks = _blocks(model)
-    if not -len(blocks) <= index < len(blocks):
+    check_int(index, "index", minimum=-len(blocks), hint=f"The model has {len(blocks)} blocks.")
+    if index >= len(blocks):
         raise ValueError(f"index={index} is out of range: the model has {len(blocks)} blocks.")
     block = blocks[index]
     rows, skip = [], []

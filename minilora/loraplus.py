@@ -21,27 +21,23 @@ Only trainable parameters are given to the optimizer. Where PEFT would silently 
 """
 from __future__ import annotations
 
-from typing import Any
-
 from torch import nn
 from torch.optim import Optimizer
 from transformers.pytorch_utils import ALL_LAYERNORM_LAYERS
 from transformers.trainer_pt_utils import get_parameter_names
 
 from .embedding import LoRAEmbedding
+from .utils import check_number
 
 __all__ = ["create_loraplus_optimizer", "loraplus_groups"]
-
-
-def _positive(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}.")
-    return float(value)
 
 
 def loraplus_groups(model: nn.Module) -> dict[str, dict[str, nn.Parameter]]:
     """The trainable parameters by name, in LoRA+'s groups: "groupA", "embedding", "groupB" (weight
     decay) and "groupB_no_decay" (biases and LayerNorm parameters), as PEFT forms them."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module with LoRA adapters (minilora.inject_lora), got "
+                        f"{type(model).__name__}.")
     decay = {n for n in get_parameter_names(model, ALL_LAYERNORM_LAYERS) if "bias" not in n}
     groups: dict[str, dict[str, nn.Parameter]] = {"groupA": {}, "embedding": {}, "groupB": {}, "groupB_no_decay": {}}
     for name, param in model.named_parameters():
@@ -73,14 +69,19 @@ def create_loraplus_optimizer(model: nn.Module, optimizer_cls: type[Optimizer], 
         loraplus_weight_decay: weight decay of every group but ``groupB_no_decay`` (default 0.0).
         kwargs: the rest goes to ``optimizer_cls`` (e.g. ``betas``, ``eps``).
     """
-    lr = _positive("lr", lr)
-    ratio = _positive("loraplus_lr_ratio", loraplus_lr_ratio)
+    if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, Optimizer)):
+        raise TypeError(f"optimizer_cls must be a torch.optim.Optimizer class, got {optimizer_cls!r}; "
+                        "e.g. create_loraplus_optimizer(model, torch.optim.AdamW, lr=2e-4, loraplus_lr_ratio=16).")
+    lr = check_number(lr, "lr", low=0, low_open=True, hint="It is the learning rate of A, e.g. 2e-4.")
+    ratio = check_number(loraplus_lr_ratio, "loraplus_lr_ratio", low=0, low_open=True,
+                         hint="It is lr_B / lr_A; the LoRA+ paper suggests 16.")
     if "weight_decay" in kwargs:
         raise ValueError("LoRA+ sets the weight decay of each parameter group itself: pass "
                          "loraplus_weight_decay=... instead of weight_decay=... (biases and LayerNorm parameters "
                          "get none).")
-    weight_decay = float(kwargs.pop("loraplus_weight_decay", 0.0))
-    lr_embedding = _positive("loraplus_lr_embedding", kwargs.pop("loraplus_lr_embedding", 1e-6))
+    weight_decay = check_number(kwargs.pop("loraplus_weight_decay", 0.0), "loraplus_weight_decay", low=0)
+    lr_embedding = check_number(kwargs.pop("loraplus_lr_embedding", 1e-6), "loraplus_lr_embedding", low=0,
+                                low_open=True, hint="PEFT's default is 1e-6.")
     groups = loraplus_groups(model)
     if not any(groups.values()):
         raise ValueError("the model has no trainable parameters: inject LoRA first (minilora.inject_lora).")

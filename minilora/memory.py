@@ -31,25 +31,30 @@ from .config import LoRAConfig
 from .counting import as_model, count_parameters, lora_count
 from .inject import lora_layers
 from .qlora import nf4_plan
-from .quant import nf4_nbytes
+from .quant import check_blocksize, nf4_nbytes
+from .utils import check_bool, check_int
 
-__all__ = ["GB", "OPTIMIZER_STATE_BYTES", "DTYPES", "QUANT", "weight_bytes", "MemoryBreakdown", "memory_table",
+__all__ = ["GB", "OPTIMIZER_STATE_BYTES", "weight_bytes", "MemoryBreakdown", "memory_table",
            "training_memory", "ActivationEstimate", "activation_memory_estimate"]
 
 GB = 1e9
 OPTIMIZER_STATE_BYTES = {"adamw": 8, "adam": 8, "sgd-momentum": 4, "sgd": 0}
 """fp32 optimizer state per trainable parameter: Adam keeps two moments, momentum SGD one."""
-DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
           "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
-QUANT = ("nf4", "nf4-dq")
+_QUANT = ("nf4", "nf4-dq")
 
 
 def _parse_dtype(dtype) -> tuple[Optional[int], Optional[str]]:
-    if isinstance(dtype, str) and dtype.lower() in QUANT:
+    """(bytes per number, None) for a float dtype; (None, "nf4" or "nf4-dq") for NF4."""
+    what = f"a float torch.dtype, one of {list(_DTYPES)}, or one of {list(_QUANT)}"
+    if not isinstance(dtype, (str, torch.dtype)):
+        raise TypeError(f"dtype must be {what}; got {dtype!r} ({type(dtype).__name__}).")
+    if isinstance(dtype, str) and dtype.lower() in _QUANT:
         return None, dtype.lower()
-    dtype = DTYPES.get(dtype.lower(), dtype) if isinstance(dtype, str) else dtype
+    dtype = _DTYPES.get(dtype.lower(), dtype) if isinstance(dtype, str) else dtype
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a float torch.dtype, one of {list(DTYPES)}, or one of {QUANT}; got {dtype!r}.")
+        raise ValueError(f"dtype must be {what}; got {dtype!r}.")
     return dtype.itemsize, None
 
 
@@ -67,6 +72,7 @@ def weight_bytes(model_or_config, weight_dtype=torch.bfloat16, other_dtype=torch
     parameter is stored in ``other_dtype``; already-quantized layers count as NF4."""
     size, quant = _parse_dtype(weight_dtype)
     other, _ = _parse_dtype(other_dtype if quant else weight_dtype)
+    check_blocksize(blocksize)
     model = as_model(model_or_config)
     planned = set(nf4_plan(model, skip)[0]) if quant else set()
     seen, total = _adapter_params(model), 0
@@ -145,25 +151,38 @@ def training_memory(model_or_config, trainable: Union[str, int, LoRAConfig] = "a
     adapter parameters. ``activations``: bytes, or an ``activation_memory_estimate``, to add a row.
     ``other_dtype``, ``skip``, ``blocksize``: how an NF4 base is stored, as in ``weight_bytes``.
     A model that already has LoRA layers counts as its base; its adapters are not in the base."""
+    if not isinstance(optimizer, str):
+        raise TypeError(f"optimizer must be one of {list(OPTIMIZER_STATE_BYTES)}, got {optimizer!r} "
+                        f"({type(optimizer).__name__}).")
     if optimizer not in OPTIMIZER_STATE_BYTES:
         raise ValueError(f"optimizer must be one of {list(OPTIMIZER_STATE_BYTES)}, got {optimizer!r}.")
+    if master_weights is not None:
+        check_bool(master_weights, "master_weights")
+    what = "'all', a LoRAConfig or a number of adapter parameters (an integer >= 0)"
+    if isinstance(trainable, bool) or not isinstance(trainable, (str, int, LoRAConfig)):
+        raise TypeError(f"trainable must be {what}, got {trainable!r} ({type(trainable).__name__}).")
+    if isinstance(trainable, str) and trainable != "all" or isinstance(trainable, int) and trainable < 0:
+        raise ValueError(f"trainable must be {what}, got {trainable!r}.")
+    size, quant = _parse_dtype(weight_dtype)
+    if trainable == "all" and quant:
+        raise ValueError("a quantized base cannot be fine-tuned in full; train an adapter instead: "
+                         "trainable=LoRAConfig(r=..., target_modules=[...]).")
+    adapter_size, adapter_quant = _parse_dtype(adapter_dtype)
+    if adapter_quant:
+        raise ValueError(f"adapter_dtype={adapter_dtype!r}: the trained adapter is kept in a float dtype "
+                         "(torch.float32 by default, as PEFT), not in NF4.")
     model = as_model(model_or_config)
     if isinstance(trainable, LoRAConfig):
         trainable = lora_count(model, trainable)[0]
-    n_params = count_parameters(model) - sum(p.numel() for p in model.parameters() if id(p) in _adapter_params(model))
+    adapter = _adapter_params(model)
+    n_params = count_parameters(model) - sum(p.numel() for p in model.parameters() if id(p) in adapter)
     state = OPTIMIZER_STATE_BYTES[optimizer]
     weights = weight_bytes(model, weight_dtype, other_dtype, skip, blocksize)
     if trainable == "all":
-        size, quant = _parse_dtype(weight_dtype)
-        if quant:
-            raise ValueError("a quantized base cannot be fine-tuned in full; train an adapter instead: "
-                             "trainable=LoRAConfig(r=..., target_modules=[...]).")
         n, grad_size = n_params, size
-    elif isinstance(trainable, int) and not isinstance(trainable, bool) and trainable >= 0:
-        n, grad_size = trainable, _parse_dtype(adapter_dtype)[0]
-        weights += n * grad_size
     else:
-        raise ValueError(f"trainable must be 'all', a LoRAConfig or a number of adapter parameters, got {trainable!r}.")
+        n, grad_size = trainable, adapter_size
+        weights += n * grad_size
     if master_weights is None:
         master_weights = grad_size < 4
     act = getattr(activations, "total", activations) or 0
@@ -211,8 +230,10 @@ def activation_memory_estimate(config, batch: int, seq_len: int, dtype=torch.bfl
     except AttributeError as e:
         raise ValueError(f"need a transformers config (or model) with hidden_size, num_attention_heads, "
                          f"num_hidden_layers, vocab_size: {e}") from None
-    if min(batch, seq_len) < 1:
-        raise ValueError(f"batch and seq_len must be positive, got {batch}, {seq_len}.")
+    check_int(batch, "batch")
+    check_int(seq_len, "seq_len")
+    check_bool(checkpointing, "checkpointing")
+    check_bool(flash_attention, "flash_attention")
     size, quant = _parse_dtype(dtype)
     if quant:
         raise ValueError("activations are computed in a float dtype (bf16, fp16, fp32), not in NF4.")

@@ -30,19 +30,23 @@ from typing import Literal
 
 import torch
 
-__all__ = ["MAJORITY_SIGN_METHODS", "reshape_weight_task_tensors", "magnitude_based_pruning", "random_pruning",
-           "prune", "calculate_majority_sign_mask", "disjoint_merge", "task_arithmetic", "magnitude_prune", "ties",
-           "dare_linear", "dare_ties", "check_density", "combine_factors"]
+from .utils import check_number
 
+# PEFT's merge_utils names (the pruning and sign steps too, which chapter 11 takes apart), then the merges.
+__all__ = ["reshape_weight_task_tensors", "magnitude_based_pruning", "random_pruning", "prune",
+           "calculate_majority_sign_mask", "disjoint_merge", "task_arithmetic", "magnitude_prune", "ties",
+           "dare_linear", "dare_ties"]
+
+#: TIES' two ways to elect a sign (``majority_sign_method``).
 MAJORITY_SIGN_METHODS = ("total", "frequency")
 
 
 def check_density(density: float) -> float:
-    """``density`` as a float, or a ValueError that says what is allowed."""
-    if isinstance(density, bool) or not isinstance(density, (int, float)) or not 0 < density <= 1:
-        raise ValueError(f"density is the fraction of entries to keep: a number in (0, 1], got {density!r}. "
-                         "1 keeps everything; TIES' paper trims to 0.2, DARE drops up to 0.9 (density 0.1).")
-    return float(density)
+    """``density`` as a float in (0, 1]; else ``TypeError`` (not a number) or ``ValueError`` (out of
+    range). Shared with ``task_vectors`` and ``adapters.add_weighted_adapter``."""
+    return check_number(density, "density", low=0, high=1, low_open=True,
+                        hint="It is the fraction of entries to keep: 1 keeps everything; TIES' paper trims to 0.2, "
+                             "DARE drops up to 0.9 (density 0.1).")
 
 
 def _check_tasks(task_tensors, weights: torch.Tensor) -> None:

@@ -38,16 +38,18 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .utils import check_bool, check_int, check_number
+
 __all__ = ["NF4_OFFSET", "NF4", "nf4_codebook", "pack_4bit", "unpack_4bit", "nf4_nbytes", "NF4Tensor", "quantize_nf4",
-           "dequantize_nf4", "check_blocksize"]
+           "dequantize_nf4"]
 
 NF4_OFFSET = 0.9677083
 
 
 def nf4_codebook(offset: float = NF4_OFFSET) -> torch.Tensor:
     """The 16 NF4 values (float32, sorted, in [-1, 1], with an exact 0), as bitsandbytes builds them."""
-    if not 0.5 < offset < 1.0:
-        raise ValueError(f"offset must lie in (0.5, 1) (a probability above the median), got {offset!r}.")
+    check_number(offset, "offset", low=0.5, high=1.0, low_open=True, high_open=True,
+                 hint="It is the probability whose normal quantile becomes the code 1; bitsandbytes uses 0.9677083.")
     pos = torch.special.ndtri(torch.linspace(offset, 0.5, 9)[:-1].double()).float()
     neg = -torch.special.ndtri(torch.linspace(offset, 0.5, 8)[:-1].double()).float()
     v = torch.cat([pos, torch.zeros(1), neg]).sort().values
@@ -61,8 +63,12 @@ _BYTE_VALUES = torch.stack([NF4.repeat_interleave(16), NF4.repeat(16)], dim=1)
 
 
 def check_blocksize(blocksize: int, what: str = "blocksize") -> None:
-    if not isinstance(blocksize, int) or isinstance(blocksize, bool) or blocksize < 2 or blocksize % 2:
-        raise ValueError(f"{what} must be a positive even integer (e.g. 64), got {blocksize!r}.")
+    """Refuse a block size that is not an even integer >= 2 (two codes share a byte): ``TypeError`` for
+    another type, ``ValueError`` for an odd or too small one. Shared with ``minilora.qlora``."""
+    hint = "Two 4-bit codes share a byte, so a block holds an even number of weights; e.g. 64."
+    check_int(blocksize, what, minimum=2, hint=hint)
+    if blocksize % 2:
+        raise ValueError(f"{what} must be an even integer >= 2, got {blocksize!r}. {hint}")
 
 
 def _pack(codes: torch.Tensor) -> torch.Tensor:
@@ -74,6 +80,8 @@ def _pack(codes: torch.Tensor) -> torch.Tensor:
 
 def pack_4bit(codes: torch.Tensor) -> torch.Tensor:
     """Pack 4-bit codes (integers 0..15) two per byte: element 2k high nibble, 2k+1 low nibble."""
+    if not isinstance(codes, torch.Tensor):
+        raise TypeError(f"codes must be an integer torch.Tensor of values 0..15, got {type(codes).__name__}.")
     if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
         raise ValueError(f"codes must be an integer tensor of values 0..15, got dtype {codes.dtype}.")
     if codes.numel() and (codes.min() < 0 or codes.max() > 15):
@@ -83,7 +91,10 @@ def pack_4bit(codes: torch.Tensor) -> torch.Tensor:
 
 def unpack_4bit(packed: torch.Tensor, n: int) -> torch.Tensor:
     """The ``n`` codes (uint8, 0..15) that ``pack_4bit`` stored in ``packed``."""
-    if packed.dtype != torch.uint8 or not 0 <= n <= 2 * packed.numel():
+    if not isinstance(packed, torch.Tensor):
+        raise TypeError(f"packed must be the uint8 tensor that pack_4bit returned, got {type(packed).__name__}.")
+    check_int(n, "n", minimum=0, hint="n is the number of 4-bit codes to read back.")
+    if packed.dtype != torch.uint8 or n > 2 * packed.numel():
         raise ValueError(f"need a uint8 tensor of at least ceil(n/2) bytes; got {packed.dtype}, "
                          f"{packed.numel()} bytes for n={n}.")
     p = packed.reshape(-1).to(torch.int32)
@@ -92,6 +103,10 @@ def unpack_4bit(packed: torch.Tensor, n: int) -> torch.Tensor:
 
 def nf4_nbytes(numel: int, blocksize: int = 64, double_quant: bool = False, dq_blocksize: int = 256) -> int:
     """Exact bytes of ``quantize_nf4`` output for ``numel`` weights (codes + block constants)."""
+    check_int(numel, "numel", minimum=0)
+    check_blocksize(blocksize)
+    check_blocksize(dq_blocksize, "dq_blocksize")
+    check_bool(double_quant, "double_quant")
     blocks = math.ceil(numel / blocksize)
     consts = blocks + 4 * math.ceil(blocks / dq_blocksize) + 4 if double_quant else 4 * blocks
     return (numel + 1) // 2 + consts
@@ -147,11 +162,14 @@ class NF4Tensor:
 def quantize_nf4(w: torch.Tensor, blocksize: int = 64, double_quant: bool = False,
                  dq_blocksize: int = 256) -> NF4Tensor:
     """Quantize ``w`` block-wise to NF4 (see the module docstring); ``dequantize_nf4`` inverts it."""
-    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
-        raise ValueError(f"quantize_nf4 needs a floating-point tensor, got "
-                         f"{w.dtype if isinstance(w, torch.Tensor) else type(w).__name__}.")
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"quantize_nf4 needs a floating-point torch.Tensor, got {type(w).__name__}; "
+                        "e.g. quantize_nf4(linear.weight).")
+    if not w.is_floating_point():
+        raise ValueError(f"quantize_nf4 needs a floating-point tensor, got dtype {w.dtype}; convert it with .float().")
     check_blocksize(blocksize)
     check_blocksize(dq_blocksize, "dq_blocksize")
+    check_bool(double_quant, "double_quant")
     if w.numel() == 0:
         raise ValueError("quantize_nf4 needs a non-empty tensor.")
     flat = w.detach().reshape(-1).float()
@@ -177,7 +195,7 @@ def quantize_nf4(w: torch.Tensor, blocksize: int = 64, double_quant: bool = Fals
 def dequantize_nf4(q: NF4Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """Rebuild the tensor: ``absmax[block] * NF4[code]``, in ``dtype`` (default: the original's)."""
     if not isinstance(q, NF4Tensor):
-        raise ValueError(f"dequantize_nf4 takes an NF4Tensor (from quantize_nf4), got {type(q).__name__}.")
+        raise TypeError(f"dequantize_nf4 takes an NF4Tensor (from quantize_nf4), got {type(q).__name__}.")
     n, bs = q.numel, q.blocksize
     values = F.embedding(q.codes.reshape(-1).to(torch.int32), _BYTE_VALUES.to(q.codes.device)).reshape(-1)
     absmax = q.block_absmax()

@@ -24,14 +24,17 @@ Scoring a body with a vector added, task by task, is the course's experiment pro
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from .errors import UnknownAdapterError
 from .inject import lora_layers
 from .layers import LoRALayer
 from .merging import check_density, dare_linear, dare_ties, magnitude_prune, task_arithmetic, ties
+from .utils import check_int, check_number
 
 __all__ = ["COMBINATION_TYPES", "task_vector", "merge_task_vectors", "added"]
 
@@ -42,12 +45,14 @@ TaskVector = dict[str, torch.Tensor]
 
 def task_vector(model: nn.Module, adapter_name: str = "default") -> TaskVector:
     """``{layer name: ΔW = s B A}`` for every LoRA layer of ``model`` that holds ``adapter_name``."""
-    vector = {name: layer.get_delta_weight(adapter_name).detach().clone() for name, layer in lora_layers(model)
-              if adapter_name in layer.adapters}
-    if not vector:
-        raise ValueError(f"no LoRA layer of this model holds an adapter named {adapter_name!r}; its layers hold "
-                         f"{sorted({a for _, layer in lora_layers(model) for a in layer.adapters}) or 'none'}.")
-    return vector
+    if not isinstance(adapter_name, str):
+        raise TypeError(f"adapter_name must be a string, got {adapter_name!r} ({type(adapter_name).__name__}).")
+    layers = list(lora_layers(model))
+    if not any(adapter_name in layer.adapters for _, layer in layers):
+        raise UnknownAdapterError(adapter_name, sorted({a for _, layer in layers for a in layer.adapters}),
+                                  "the model's LoRA layers")
+    return {name: layer.get_delta_weight(adapter_name).detach().clone() for name, layer in layers
+            if adapter_name in layer.adapters}
 
 
 def merge_task_vectors(vectors: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float],
@@ -66,11 +71,23 @@ def merge_task_vectors(vectors: Sequence[Mapping[str, torch.Tensor]], weights: S
         seed: DARE draws its random drops from a generator seeded with this (default 0), the layers in
             sorted order, so the same call gives the same merge; the global random state is left alone.
     """
+    if not isinstance(combination_type, str):
+        raise TypeError(f"combination_type must be one of {', '.join(map(repr, COMBINATION_TYPES))}, got "
+                        f"{combination_type!r} ({type(combination_type).__name__}).")
     if combination_type not in COMBINATION_TYPES:
         raise ValueError(f"unknown combination_type {combination_type!r}; choose one of "
                          f"{', '.join(map(repr, COMBINATION_TYPES))}.")
-    if isinstance(vectors, Mapping) or len(vectors) == 0:
+    if isinstance(vectors, Mapping) or not isinstance(vectors, Sequence) or \
+            not all(isinstance(v, Mapping) for v in vectors):
+        raise TypeError(f"vectors must be a list of task vectors (dicts from task_vector()), got "
+                        f"{type(vectors).__name__}; e.g. merge_task_vectors([va, vb], [1.0, 1.0]).")
+    if len(vectors) == 0:
         raise ValueError("vectors must be a non-empty list of task vectors (dicts from task_vector()).")
+    if isinstance(weights, (str, Mapping)) or not hasattr(weights, "__len__") or not all(
+            not isinstance(w, bool) and (isinstance(w, numbers.Real) or isinstance(w, torch.Tensor) and w.numel() == 1)
+            for w in weights):
+        raise TypeError(f"weights must be a list of numbers, one per task vector, got {weights!r}.")
+    check_int(seed, "seed", minimum=0, optional=True)
     if len(weights) != len(vectors):
         raise ValueError(f"give one weight per task vector: {len(vectors)} vectors, {len(weights)} weights.")
     if combination_type != "task_arithmetic":
@@ -122,6 +139,10 @@ def _weight(model: nn.Module, name: str, delta: torch.Tensor) -> torch.Tensor:
 def added(model: nn.Module, vector: Mapping[str, torch.Tensor], scale: float = 1.0) -> Iterator[nn.Module]:
     """Within the block, ``model``'s weights are ``W + scale * ΔW`` for every layer of ``vector``;
     after it, the original weights are back exactly (copies are kept, nothing is subtracted)."""
+    if not isinstance(vector, Mapping):
+        raise TypeError(f"vector must be a task vector, a dict {{layer name: ΔW}} from task_vector(), got "
+                        f"{type(vector).__name__}.")
+    check_number(scale, "scale", hint="The vector is added as W + scale * ΔW; e.g. scale=1.0.")
     weights = {name: _weight(model, name, delta) for name, delta in vector.items()}  # check all before changing any
     saved = {name: w.detach().clone() for name, w in weights.items()}
     try:

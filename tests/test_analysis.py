@@ -76,3 +76,14 @@ def test_amplification_is_large_along_directions_w_barely_uses():
 def test_bad_input_is_refused(call, fragment):
     with pytest.raises(ValueError, match=fragment):
         call()
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda: subspace_similarity([[1.0]], torch.zeros(2, 3), 1, 1), "A1 must be a 2-D torch.Tensor"),
+    (lambda: subspace_similarity(rand(2, 5, 0), rand(2, 5, 1), 1.0, 1), r"i must be an integer >= 1, got 1.0"),
+    (lambda: random_subspace_similarity(4, True, 1), r"i must be an integer >= 1, got True \(bool\)"),
+    (lambda: amplification_factor(rand(3, 4, 0), rand(3, 4, 1), "2"), "r must be an integer"),
+])
+def test_wrong_types_are_type_errors(call, fragment):
+    with pytest.raises(TypeError, match=fragment):
+        call()

@@ -2,7 +2,7 @@
 import pytest
 import torch
 from torch import nn
-from transformers import AutoModel, BertConfig, BertModel, GPT2Config, LlamaConfig, LlamaForCausalLM, RobertaConfig
+from transformers import AutoModel, BertConfig, BertModel, GPT2Config, LlamaConfig, RobertaConfig
 
 from minilora.config import LoRAConfig
 from minilora.counting import (
@@ -104,11 +104,8 @@ def test_lora_count_matches_a_real_model_with_weights():
     assert trainable == 2 * 2 * lora_matrix_count(32, 32, 4)
 
 
-def test_lora_count_leaves_a_real_module_untouched():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2)
-    model = LlamaForCausalLM(cfg)
+def test_lora_count_leaves_a_real_module_untouched(tiny):
+    model = tiny.llama()
     model.model.embed_tokens.weight.requires_grad_(False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     grads = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -126,11 +123,23 @@ def test_lora_count_leaves_a_real_module_untouched():
         torch.testing.assert_close(after[k], v, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("args", [(0, 10, 4), (10, 0, 4), (10, 10, 0), (-1, 10, 4), (10, 10, -8),
-                                  (10.0, 10, 4), (10, 10, 2.5), (10, 10, True)])
-def test_lora_matrix_count_rejects_non_positive_or_non_integers(args):
-    with pytest.raises(ValueError, match="must be positive integers"):
+@pytest.mark.parametrize("args, error, fragment", [
+    ((0, 10, 4), ValueError, "d_in must be an integer >= 1, got 0"),
+    ((10, 0, 4), ValueError, "d_out must be an integer >= 1, got 0"),
+    ((10, 10, 0), ValueError, "r must be an integer >= 1, got 0"),
+    ((-1, 10, 4), ValueError, "d_in must be an integer >= 1, got -1"),
+    ((10, 10, -8), ValueError, "r must be an integer >= 1, got -8"),
+    ((10.0, 10, 4), TypeError, r"d_in must be an integer >= 1, got 10.0 \(float\)"),
+    ((10, 10, 2.5), TypeError, r"r must be an integer >= 1, got 2.5 \(float\)"),
+    ((10, 10, True), TypeError, r"r must be an integer >= 1, got True \(bool\)"),
+    ((10, 10, 4, 1), TypeError, "use_dora must be True or False"),
+])
+def test_lora_matrix_count_rejects_non_positive_or_non_integers(args, error, fragment):
+    with pytest.raises(error, match=fragment):
         lora_matrix_count(*args)
+    if len(args) == 3:
+        with pytest.raises(error):
+            paper_formula(*args)
 
 
 def test_lora_matrix_count():

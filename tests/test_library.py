@@ -2,6 +2,7 @@
 import ast
 import importlib
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -56,7 +57,10 @@ def test_every_module_imports_on_its_own():
 
 def test_no_import_cycles_and_config_is_a_leaf():
     graph = {m: _internal_imports(m) for m in MODULES}
-    assert graph["minilora.config"] == set(), "config is a leaf: it imports nothing from minilora"
+    leaves = {m for m, deps in graph.items() if not deps}
+    assert {"minilora.errors", "minilora.utils"} <= leaves
+    assert graph["minilora.config"] <= leaves, \
+        f"config may import only leaf modules (which import nothing from minilora): {graph['minilora.config'] - leaves}"
     assert "minilora.config" in graph["minilora.layers"]
     state: dict[str, int] = {}
 
@@ -110,6 +114,36 @@ def test_the_package_exports_the_lifecycle_and_qlora():
     import minilora
 
     for name in ("LoRAConfig", "inject_lora", "merge_and_unload", "add_weighted_adapter", "save_adapter",
-                 "load_adapter", "AdapterFileError", "quantize_model_nf4", "LinearNF4", "mark_only_lora_as_trainable",
-                 "disable_adapter", "get_nb_trainable_parameters"):
+                 "load_adapter", "get_peft_model_state_dict", "UnknownAdapterError", "AdapterFileError",
+                 "quantize_model_nf4", "LinearNF4", "mark_only_lora_as_trainable", "disable_adapter",
+                 "get_nb_trainable_parameters", "print_trainable_parameters", "create_loraplus_optimizer",
+                 "seed_everything", "fit"):
         assert name in minilora.__all__
+    assert minilora.UnknownAdapterError is importlib.import_module("minilora.errors").UnknownAdapterError
+    assert minilora.AdapterFileError is importlib.import_module("minilora.io").AdapterFileError
+
+
+def test_the_package_exports_no_helpers_and_documents_every_name():
+    import minilora
+
+    helpers = [n for n in minilora.__all__ if n.startswith(("_", "check_"))]
+    assert not helpers, f"minilora.__all__ lists helpers, which users do not call: {helpers}"
+    undocumented = [n for n in minilora.__all__ if len((getattr(minilora, n).__doc__ or "").split()) < 3]
+    assert not undocumented, f"every exported name needs a docstring: {undocumented}"
+
+
+def test_the_version_is_the_packaged_one():
+    import minilora
+
+    packaged = re.search(r'^version = "([^"]+)"$', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert packaged and minilora.__version__ == packaged.group(1) == "0.3.0"
+
+
+def test_the_package_docstring_names_every_library_module_and_the_course():
+    """``help(minilora)`` is the library's map: every module of the library, and ``minilora.course`` apart."""
+    import minilora
+
+    doc = minilora.__doc__
+    missing = [m for m in MODULES if not m.startswith("minilora.course") and f"``{m.split('.')[1]}``" not in doc]
+    assert not missing, f"name these modules, with their chapter, in minilora/__init__.py's docstring: {missing}"
+    assert "``minilora.course``" in doc

@@ -66,18 +66,30 @@ def test_a_step_moves_b_faster(tiny):
     assert dA.abs().max() == pytest.approx(1e-3, rel=0.01) and dB.abs().max() == pytest.approx(16e-3, rel=0.01)
 
 
-@pytest.mark.parametrize("kw, fragment", [
-    (dict(lr=1e-3, loraplus_lr_ratio=0), "loraplus_lr_ratio must be a positive number, got 0"),
-    (dict(lr=1e-3, loraplus_lr_ratio=-2.0), "got -2.0"),
-    (dict(lr=0, loraplus_lr_ratio=16), "lr must be a positive number"),
-    (dict(lr=1e-3, loraplus_lr_ratio=16, loraplus_lr_embedding=0), "loraplus_lr_embedding must be a positive"),
-    (dict(lr=1e-3, loraplus_lr_ratio=16, weight_decay=0.1), "pass loraplus_weight_decay=... instead"),
+@pytest.mark.parametrize("kw, error, fragment", [
+    (dict(lr=1e-3, loraplus_lr_ratio=0), ValueError, "loraplus_lr_ratio must be a number > 0, got 0. It is lr_B"),
+    (dict(lr=1e-3, loraplus_lr_ratio=-2.0), ValueError, "got -2.0"),
+    (dict(lr=0, loraplus_lr_ratio=16), ValueError, "lr must be a number > 0"),
+    (dict(lr=1e-3, loraplus_lr_ratio=16, loraplus_lr_embedding=0),
+     ValueError, r"loraplus_lr_embedding must be a number > 0, got 0\."),
+    (dict(lr=1e-3, loraplus_lr_ratio=16, loraplus_weight_decay=-0.1), ValueError, "loraplus_weight_decay must be"),
+    (dict(lr=1e-3, loraplus_lr_ratio=16, weight_decay=0.1), ValueError, "pass loraplus_weight_decay=... instead"),
+    (dict(lr="1e-3", loraplus_lr_ratio=16), TypeError, r"lr must be a number > 0, got '1e-3' \(str\)"),
+    (dict(lr=1e-3, loraplus_lr_ratio=True), TypeError, r"loraplus_lr_ratio must be a number > 0, got True \(bool\)"),
 ])
-def test_bad_arguments_are_refused(kw, fragment, tiny):
+def test_bad_arguments_are_refused(kw, error, fragment, tiny):
     model = tiny.llama()
     ml.inject_lora(model, ml.LoRAConfig(r=4, target_modules=["q_proj"]))
-    with pytest.raises(ValueError, match=fragment):
+    with pytest.raises(error, match=fragment):
         create_loraplus_optimizer(model, torch.optim.AdamW, **kw)
+
+
+def test_wrong_types_are_type_errors(tiny):
+    model = ml.inject_lora(tiny.llama(), ml.LoRAConfig(r=4, target_modules=["q_proj"]))
+    with pytest.raises(TypeError, match="optimizer_cls must be a torch.optim.Optimizer class"):
+        create_loraplus_optimizer(model, torch.optim.AdamW(model.parameters()), lr=1e-3, loraplus_lr_ratio=16)
+    with pytest.raises(TypeError, match="model must be an nn.Module"):
+        create_loraplus_optimizer(model.state_dict(), torch.optim.AdamW, lr=1e-3, loraplus_lr_ratio=16)
 
 
 def test_a_model_without_adapters_is_refused(tiny):

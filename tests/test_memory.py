@@ -1,7 +1,7 @@
 """Training-memory arithmetic (minilora.memory): exact counts for Llama-2, NF4 sizes, computed against measured."""
 import pytest
 import torch
-from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+from transformers import BertConfig, BertModel
 
 from minilora.config import LoRAConfig
 from minilora.counting import count_parameters, llama2_config, lora_count, model_nbytes
@@ -29,6 +29,8 @@ def test_llama2_count_parameters(cfg7, cfg70):
     assert count_parameters(llama2_config("13b")) == 13_015_864_320
     with pytest.raises(ValueError):
         llama2_config("8b")
+    with pytest.raises(TypeError, match="size must be one of"):
+        llama2_config(7)
     with pytest.raises(TypeError):
         count_parameters("llama")
 
@@ -60,11 +62,11 @@ def test_lora_trainable_counts(cfg7, cfg70):
         lora_trainable(cfg7, 0, ["q_proj"])
 
 
-def test_lora_config_as_trainable(cfg7):
+def test_lora_config_as_trainable(tiny, cfg7):
     t = lora_trainable(cfg7, 16, SEVEN)
     assert training_memory(cfg7, LoRAConfig(r=16, target_modules=SEVEN)).total == 2 * P7 + 16 * t
     assert training_memory(cfg7, LoRAConfig(r=8)).n_trainable == 4_194_304  # Llama default: q_proj, v_proj
-    cfg, model = _tiny_llama()
+    cfg, model = _tiny_llama(tiny)
     quantize_model_nf4(model)  # QLoRA's order: an NF4 base, then the adapter; NF4 layers count like any linear
     assert training_memory(model, LoRAConfig(r=2, target_modules=["q_proj"]), "nf4-dq").n_trainable == 2 * 2 * (40 + 40)
 
@@ -94,18 +96,30 @@ def test_nf4_weight_bytes_llama7b(cfg7):
         training_memory(cfg7, "all", "nf4")
 
 
-def test_bad_arguments(cfg7):
-    for kw in (dict(trainable="some"), dict(trainable=-1), dict(trainable=True), dict(optimizer="lion"),
-               dict(weight_dtype=torch.int8), dict(weight_dtype="int4")):
-        with pytest.raises(ValueError):
-            training_memory(cfg7, **kw)
+@pytest.mark.parametrize("kw, error, fragment", [
+    (dict(trainable="some"), ValueError, "trainable must be 'all', a LoRAConfig or a number"),
+    (dict(trainable=-1), ValueError, "got -1"),
+    (dict(trainable=True), TypeError, r"got True \(bool\)"),
+    (dict(trainable=1.5), TypeError, r"got 1.5 \(float\)"),
+    (dict(optimizer="lion"), ValueError, "optimizer must be one of"),
+    (dict(optimizer=None), TypeError, "optimizer must be one of"),
+    (dict(master_weights=1), TypeError, "master_weights must be True or False"),
+    (dict(weight_dtype=torch.int8), ValueError, "a float torch.dtype"),
+    (dict(weight_dtype="int4"), ValueError, "a float torch.dtype"),
+    (dict(weight_dtype=16), TypeError, r"got 16 \(int\)"),
+    (dict(trainable=10, adapter_dtype="nf4"), ValueError, "not in NF4"),
+    (dict(trainable=10, blocksize=63), ValueError, "blocksize must be an even integer"),
+    (dict(trainable=10, blocksize="64"), TypeError, "blocksize must be an integer"),
+])
+def test_bad_arguments(cfg7, kw, error, fragment):
+    with pytest.raises(error, match=fragment):
+        training_memory(cfg7, **kw)
 
 
-def _tiny_llama(dtype=torch.float32):
-    torch.manual_seed(0)  # hidden 40, kv 2 x 10: k_proj has 800 weights, not a multiple of 64
-    cfg = LlamaConfig(vocab_size=97, hidden_size=40, intermediate_size=72, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    return cfg, LlamaForCausalLM(cfg).to(dtype)
+def _tiny_llama(tiny, dtype=torch.float32):
+    # hidden 40, kv 2 x 10: k_proj has 800 weights, not a multiple of 64
+    model = tiny.llama(vocab_size=97, hidden_size=40, intermediate_size=72, tie_word_embeddings=False)
+    return model.config, model.to(dtype)
 
 
 def _param_bytes(model):
@@ -113,26 +127,26 @@ def _param_bytes(model):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_measured_weights_equal_computed(dtype):
-    cfg, model = _tiny_llama(dtype)
+def test_measured_weights_equal_computed(tiny, dtype):
+    cfg, model = _tiny_llama(tiny, dtype)
     assert count_parameters(model) == count_parameters(cfg) == sum(p.numel() for p in model.parameters())
     assert _param_bytes(model) == weight_bytes(cfg, dtype) == training_memory(model, "all", dtype).weights
     assert model_nbytes(model) == _param_bytes(model) + sum(b.numel() * b.element_size() for b in model.buffers())
 
 
-def test_measured_nf4_equals_computed():
-    cfg, model = _tiny_llama(torch.bfloat16)
+def test_measured_nf4_equals_computed(tiny):
+    cfg, model = _tiny_llama(tiny, torch.bfloat16)
     extra = sum(b.numel() * b.element_size() for b in model.buffers())  # rotary tables: not weights
     quantize_model_nf4(model, double_quant=True)
     assert model_nbytes(model) - extra == weight_bytes(cfg, "nf4-dq")
     assert count_parameters(model) == count_parameters(cfg)
-    cfg2, model2 = _tiny_llama(torch.bfloat16)
+    cfg2, model2 = _tiny_llama(tiny, torch.bfloat16)
     quantize_model_nf4(model2, double_quant=False)
     assert model_nbytes(model2) - extra == weight_bytes(cfg2, "nf4")
 
 
-def test_lora_model_counts():
-    cfg, model = _tiny_llama()
+def test_lora_model_counts(tiny):
+    cfg, model = _tiny_llama(tiny)
     for layer in model.model.layers:
         layer.mlp.up_proj = LoRALinear(layer.mlp.up_proj, r=3, lora_alpha=3)
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
@@ -175,7 +189,11 @@ def test_activation_estimate(cfg7):
     assert flash.per_layer == 34 * s * b * h
     assert activation_memory_estimate(cfg7, b, s, dtype=torch.float32).per_layer == 2 * est.per_layer
     assert "estimate" in str(est)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="batch must be an integer >= 1"):
         activation_memory_estimate(cfg7, 0, s)
+    with pytest.raises(TypeError, match="seq_len must be an integer"):
+        activation_memory_estimate(cfg7, 1, 512.0)
+    with pytest.raises(TypeError, match="checkpointing must be True or False"):
+        activation_memory_estimate(cfg7, 1, s, checkpointing="yes")
     with pytest.raises(ValueError):
         activation_memory_estimate(object(), 1, s)

@@ -100,10 +100,10 @@ def test_dare_keeps_a_density_fraction_rescaled_and_the_expectation(density):
 
 
 @pytest.mark.parametrize("call, fragment", [
-    (lambda ts, w: merging.ties(ts, w, 0.0), r"density is the fraction of entries to keep: a number in \(0, 1\]"),
+    (lambda ts, w: merging.ties(ts, w, 0.0), r"density must be a number in \(0, 1\], got 0.0. It is the fraction of "
+                                             "entries to keep"),
     (lambda ts, w: merging.dare_linear(ts, w, 1.5), r"got 1.5"),
     (lambda ts, w: merging.magnitude_prune(ts, w, -0.1), r"got -0.1"),
-    (lambda ts, w: merging.dare_ties(ts, w, True), r"got True"),
     (lambda ts, w: merging.prune(ts[0], 0.5, "largest"), "method must be 'magnitude' or 'random'"),
     (lambda ts, w: merging.ties(ts, w, 0.5, "mass"), r"majority_sign_method must be one of \('total', 'frequency'\)"),
     (lambda ts, w: merging.task_arithmetic(ts, w[:2]), "one weight per task tensor: 3 task tensors"),
@@ -114,3 +114,9 @@ def test_dare_keeps_a_density_fraction_rescaled_and_the_expectation(density):
 def test_bad_input_is_refused(call, fragment):
     with pytest.raises(ValueError, match=fragment):
         call(tasks(), WEIGHTS[0])
+
+
+@pytest.mark.parametrize("density", [True, "0.5", None])
+def test_a_density_of_the_wrong_type_is_a_type_error(density):
+    with pytest.raises(TypeError, match=f"density must be a number in \\(0, 1\\], got {density!r}"):
+        merging.dare_ties(tasks(), WEIGHTS[0], density)

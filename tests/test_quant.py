@@ -46,17 +46,41 @@ def test_pack_rejects_bad_codes(bad):
         pack_4bit(bad)
 
 
-@pytest.mark.parametrize("blocksize", [0, -64, 63, 64.0, True, "64"])
-def test_bad_blocksize(blocksize):
-    with pytest.raises(ValueError, match="blocksize"):
+@pytest.mark.parametrize("blocksize, error, fragment", [
+    (0, ValueError, "blocksize must be an integer >= 2, got 0"),
+    (-64, ValueError, "blocksize must be an integer >= 2, got -64"),
+    (63, ValueError, "blocksize must be an even integer >= 2, got 63"),
+    (64.0, TypeError, r"blocksize must be an integer >= 2, got 64.0 \(float\)"),
+    (True, TypeError, r"got True \(bool\)"),
+    ("64", TypeError, r"got '64' \(str\)"),
+])
+def test_bad_blocksize(blocksize, error, fragment):
+    with pytest.raises(error, match=fragment):
         quantize_nf4(torch.randn(128), blocksize=blocksize)
+    with pytest.raises(error, match=fragment):
+        nf4_nbytes(128, blocksize)
 
 
 @pytest.mark.parametrize("w", [torch.arange(64), torch.ones(64, dtype=torch.bool), torch.empty(0),
-                               torch.tensor([1.0, float("nan")]), [1.0, 2.0]])
+                               torch.tensor([1.0, float("nan")])])
 def test_bad_input(w):
     with pytest.raises(ValueError):
         quantize_nf4(w)
+
+
+def test_wrong_types_are_type_errors():
+    with pytest.raises(TypeError, match="needs a floating-point torch.Tensor, got list"):
+        quantize_nf4([1.0, 2.0])
+    with pytest.raises(TypeError, match="double_quant must be True or False"):
+        quantize_nf4(torch.randn(64), double_quant=1)
+    with pytest.raises(TypeError, match="takes an NF4Tensor"):
+        dequantize_nf4(torch.randn(64))
+    with pytest.raises(TypeError, match="codes must be an integer torch.Tensor"):
+        pack_4bit([1, 2])
+    with pytest.raises(TypeError, match="n must be an integer >= 0"):
+        unpack_4bit(pack_4bit(torch.tensor([1, 2])), 2.0)
+    with pytest.raises(TypeError, match="offset must be a number"):
+        nf4_codebook("0.9")
 
 
 def test_codes_are_nearest_codebook_values():

@@ -8,6 +8,7 @@ from peft.utils import merge_utils
 
 import minilora as ml
 from minilora import merging
+from minilora.errors import UnknownAdapterError
 from minilora.task_vectors import COMBINATION_TYPES, added, merge_task_vectors, task_vector
 
 TARGETS = ["query", "value"]
@@ -105,20 +106,32 @@ def test_a_layer_missing_from_one_vector_counts_as_zero(tiny):
 def test_bad_input_is_refused_with_what_to_do(tiny):
     model = adapted(tiny, ("a",))
     v = task_vector(model, "a")
-    with pytest.raises(ValueError, match="no LoRA layer of this model holds an adapter named 'b'.*'a'"):
+    with pytest.raises(UnknownAdapterError, match=r"no adapter named 'b' in the model's LoRA layers; it has \['a'\]"):
         task_vector(model, "b")
+    with pytest.raises(TypeError, match="adapter_name must be a string"):
+        task_vector(model, 0)
     with pytest.raises(ValueError, match="unknown combination_type 'svd'.*'task_arithmetic'"):
         merge_task_vectors([v], [1.0], "svd")
     with pytest.raises(ValueError, match="needs a density"):
         merge_task_vectors([v], [1.0], "ties")
-    with pytest.raises(ValueError, match=r"density is the fraction.*\(0, 1\]"):
+    with pytest.raises(ValueError, match=r"density must be a number in \(0, 1\], got 0.0. It is the fraction"):
         merge_task_vectors([v], [1.0], "dare_ties", density=0.0)
+    with pytest.raises(TypeError, match="density must be a number"):
+        merge_task_vectors([v], [1.0], "ties", density="0.5")
     with pytest.raises(ValueError, match="task arithmetic keeps every entry"):
         merge_task_vectors([v], [1.0], density=0.5)
     with pytest.raises(ValueError, match="one weight per task vector: 2 vectors, 1 weights"):
         merge_task_vectors([v, v], [1.0])
-    with pytest.raises(ValueError, match="non-empty list"):
+    with pytest.raises(TypeError, match="vectors must be a list of task vectors"):
         merge_task_vectors(v, [1.0])
+    with pytest.raises(ValueError, match="non-empty list"):
+        merge_task_vectors([], [])
+    with pytest.raises(TypeError, match="weights must be a list of numbers"):
+        merge_task_vectors([v], ["1.0"])
+    with pytest.raises(TypeError, match="combination_type must be one of"):
+        merge_task_vectors([v], [1.0], None)
+    with pytest.raises(ValueError, match="seed must be an integer >= 0"):
+        merge_task_vectors([v], [1.0], "dare_linear", density=0.5, seed=-1)
     name = next(iter(v))
     with pytest.raises(ValueError, match="disagree on the shape"):
         merge_task_vectors([v, {name: v[name][:, :3]}], [1.0, 1.0])
@@ -129,6 +142,12 @@ def test_bad_input_is_refused_with_what_to_do(tiny):
             pass
     with pytest.raises(ValueError, match="no weight of shape"):
         with added(plain, {**v, name: v[name][:, :3]}):
+            pass
+    with pytest.raises(TypeError, match="scale must be a number"):
+        with added(plain, v, scale="1"):
+            pass
+    with pytest.raises(TypeError, match="vector must be a task vector"):
+        with added(plain, [v]):
             pass
     assert all(torch.equal(t, before[k]) for k, t in plain.state_dict().items())  # nothing was changed
 
