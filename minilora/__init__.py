@@ -5,7 +5,7 @@
 package, each holding one idea and naming the chapter that teaches it:
 
 * chapter 02: ``layers`` (``LoRALinear``), ``variants`` (the seam DoRA and PiSSA plug into), ``embedding``;
-* chapter 03: ``train`` (``fit``, ``evaluate``);
+* chapter 03: ``train`` (``fit``, ``train_step``, ``evaluate``);
 * chapter 04: ``config`` (``LoRAConfig``), ``targets``, ``inject``, ``merge``, ``modules_to_save``, ``counting``;
 * chapter 06: ``adapters`` (several named adapters), ``weighted`` (``add_weighted_adapter``),
   ``state_dict`` and ``io`` (PEFT's tensors and files);
@@ -63,12 +63,12 @@ from .inject import (  # noqa: E402
     unload,
     unmerge_adapter,
 )
-from .io import get_peft_model_state_dict, load_adapter, save_adapter  # noqa: E402
+from .io import get_peft_model_state_dict, load_adapter, save_adapter, set_peft_model_state_dict  # noqa: E402
 from .layers import LoRALayer, LoRALinear  # noqa: E402
 from .loraplus import create_loraplus_optimizer  # noqa: E402
 from .prompting import PrefixTuningConfig, PromptTuningConfig, add_prompt_learning  # noqa: E402
 from .qlora import LinearNF4, quantize_model_nf4  # noqa: E402
-from .train import History, evaluate, fit  # noqa: E402
+from .train import History, evaluate, fit, train_step  # noqa: E402
 from .utils import seed_everything  # noqa: E402
 
 __version__ = "0.3.0"
@@ -80,9 +80,9 @@ __all__ = [
     "get_nb_trainable_parameters", "print_trainable_parameters",
     "list_adapters", "active_adapters", "set_adapter", "add_adapter", "delete_adapter", "add_weighted_adapter",
     "combination_report",
-    "save_adapter", "load_adapter", "get_peft_model_state_dict",
+    "save_adapter", "load_adapter", "get_peft_model_state_dict", "set_peft_model_state_dict",
     "UnknownAdapterError", "AdapterFileError",
     "LinearNF4", "quantize_model_nf4",
     "PromptTuningConfig", "PrefixTuningConfig", "add_prompt_learning",
-    "fit", "evaluate", "History", "create_loraplus_optimizer", "seed_everything",
+    "fit", "train_step", "evaluate", "History", "create_loraplus_optimizer", "seed_everything",
 ]

@@ -114,7 +114,8 @@ def test_the_package_exports_the_lifecycle_and_qlora():
     import minilora
 
     for name in ("LoRAConfig", "inject_lora", "merge_and_unload", "add_weighted_adapter", "save_adapter",
-                 "load_adapter", "get_peft_model_state_dict", "UnknownAdapterError", "AdapterFileError",
+                 "load_adapter", "get_peft_model_state_dict", "set_peft_model_state_dict", "enable_adapter_layers",
+                 "disable_adapter_layers", "train_step", "UnknownAdapterError", "AdapterFileError",
                  "quantize_model_nf4", "LinearNF4", "mark_only_lora_as_trainable", "disable_adapter",
                  "get_nb_trainable_parameters", "print_trainable_parameters", "create_loraplus_optimizer",
                  "seed_everything", "fit"):
