@@ -38,7 +38,7 @@ class LoRAEmbedding(LoRALayer):
                  use_dora: bool = False):
         self.refuse_lora(base_layer)
         if not isinstance(base_layer, nn.Embedding):
-            raise ValueError(f"LoRAEmbedding wraps nn.Embedding, got {type(base_layer).__name__}; "
+            raise TypeError(f"LoRAEmbedding wraps nn.Embedding, got {type(base_layer).__name__}; "
                              "for linear layers use LoRALinear.")
         super().__init__(base_layer)
         self.num_embeddings, self.embedding_dim = base_layer.num_embeddings, base_layer.embedding_dim

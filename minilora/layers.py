@@ -367,7 +367,7 @@ class LoRALinear(LoRALayer):
         elif isinstance(base_layer, Conv1D):
             fan_in_fan_out, dims = True, tuple(base_layer.weight.shape)  # weight stored (in, out)
         else:
-            raise ValueError(f"LoRALinear wraps nn.Linear or transformers' Conv1D, got {type(base_layer).__name__}. "
+            raise TypeError(f"LoRALinear wraps nn.Linear or transformers' Conv1D, got {type(base_layer).__name__}. "
                              "For nn.Embedding use LoRAEmbedding.")
         super().__init__(base_layer)
         self.fan_in_fan_out = fan_in_fan_out

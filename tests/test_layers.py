@@ -228,11 +228,11 @@ def test_bad_arguments_raise(kind, kwargs, error, match):
 
 
 def test_unsupported_base_types_raise():
-    with pytest.raises(ValueError, match="nn.Linear or transformers' Conv1D, got Conv2d"):
+    with pytest.raises(TypeError, match="nn.Linear or transformers' Conv1D, got Conv2d"):
         LoRALinear(nn.Conv2d(3, 3, 3), r=2, lora_alpha=2)
-    with pytest.raises(ValueError, match="For nn.Embedding use LoRAEmbedding"):
+    with pytest.raises(TypeError, match="For nn.Embedding use LoRAEmbedding"):
         LoRALinear(nn.Embedding(10, 4), r=2, lora_alpha=2)
-    with pytest.raises(ValueError, match="LoRAEmbedding wraps nn.Embedding, got Linear"):
+    with pytest.raises(TypeError, match="LoRAEmbedding wraps nn.Embedding, got Linear"):
         LoRAEmbedding(nn.Linear(4, 4), r=2, lora_alpha=2)
     for cls in (LoRALinear, LoRAEmbedding):
         with pytest.raises(ValueError, match="already has LoRA"):
