@@ -181,7 +181,8 @@ def render() -> str:
     ]
     for i, case in enumerate(CASES, 1):
         error, message = run_case(case)
-        lines.append(f"| {i} | {case.area} | `{_cell(case.example)}` | `{error}` | {_cell(message)} | {_cell(case.fix)} |")
+        cells = [str(i), case.area, f"`{_cell(case.example)}`", f"`{error}`", _cell(message), _cell(case.fix)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
