@@ -1,4 +1,4 @@
-"""The shared argument checks: the error vocabulary's TypeError / ValueError split, and messages that say what to pass."""
+"""The shared argument checks: TypeError for a wrong type, ValueError for a wrong value, messages that help."""
 import math
 
 import pytest
