@@ -5,7 +5,8 @@ A chapter's test module lists ``CASES = [(check, solution, {name: wrong answer})
     test_stub_is_not_attempted, test_solution_passes, test_wrong_answer_fails_with_a_hint = protocol_tests(CASES)
 
 so that for every checker a stub is "not attempted" (returns None), the solution passes (True), and
-every wrong answer fails (False) with a hint. The tests of each specific hint stay in the chapter's module.
+every wrong answer fails (False) with a hint. Which hint each mistake gets is listed in the chapter's module,
+whose one-line ``test_hints_are_specific`` calls ``assert_specific_hint`` (so a failure names the chapter).
 """
 import pytest
 
@@ -36,3 +37,15 @@ def protocol_tests(cases, *, hint_required=False):
         assert "Hint:" in out or (not hint_required and "raised" in out)
 
     return test_stub_is_not_attempted, test_solution_passes, test_wrong_answer_fails_with_a_hint
+
+
+def assert_specific_hint(wrong, fragment, capsys, *, cases=(), check=None):
+    """The checker fails ``wrong`` (returns False) and its printed hint contains ``fragment``.
+
+    The checker is the one in ``cases`` whose wrong answers include ``wrong`` (by identity), else ``check``
+    (a checker named directly, or the one for a wrong answer written only for this test)."""
+    found = next((c for c, _, ws in cases if any(w is wrong for w in ws.values())), check)
+    assert found is not None, "this wrong answer is in no case of CASES: name its checker with check="
+    assert found(wrong) is False
+    out = capsys.readouterr().out
+    assert fragment in out, f"the hint should say {fragment!r}; {found.__name__} printed:\n{out}"

@@ -1,10 +1,14 @@
 """What the unit tests share: tiny random-weight transformers, a batch of token ids, and helpers.
 
 Every test that needs a model asks for the ``tiny`` fixture: ``tiny.bert()``, ``tiny.gpt2()`` (its
-linear layers are Conv1D) and ``tiny.llama()`` build a fresh 2-layer model, seeded, each call;
+linear layers are Conv1D) and ``tiny.llama()`` build a fresh 2-layer model, seeded, each call
+(``tiny.llama(hidden_size=48, ...)``: the same model with some of its ``LlamaConfig`` fields changed);
 ``tiny.make[arch]()`` does the same by name; ``tiny.logits(model)`` runs ``tiny.IDS`` through it;
 ``tiny.as_if_trained(model)`` gives every trainable tensor a random non-zero value; and
 ``tiny.peft(base, targets, **kw)`` is PEFT's ``get_peft_model`` on a copy of ``base``.
+
+The two cached models' tokenizers are session fixtures, ``chat_tokenizer`` (SmolLM2) and ``encoder_tokenizer``
+(MiniLM); a test that asks for one is skipped, with ``make assets`` as the reason, where the model is not cached.
 """
 import copy
 import warnings
@@ -13,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from transformers import (
+    AutoTokenizer,
     BertConfig,
     BertForSequenceClassification,
     GPT2Config,
@@ -20,6 +25,8 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
 )
+
+from minilora.course.models import CHAT_DIR, ENCODER_DIR, AssetsMissing, model_path
 
 IDS = torch.randint(0, 100, (2, 10), generator=torch.Generator().manual_seed(1))
 
@@ -37,11 +44,14 @@ def tiny_gpt2():
     return GPT2LMHeadModel(cfg).eval()
 
 
-def tiny_llama():
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    return LlamaForCausalLM(cfg).eval()
+LLAMA = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=64)
+
+
+def tiny_llama(seed=0, **overrides):
+    """The tiny Llama (``LLAMA``), or with ``overrides`` of its config fields; weights seeded by ``seed``."""
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**{**LLAMA, **overrides})).eval()
 
 
 def logits(model):
@@ -68,6 +78,26 @@ def peft_model(base, targets, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # PEFT warns that it switches fan_in_fan_out on for Conv1D
         return get_peft_model(copy.deepcopy(base), LoraConfig(target_modules=targets, **kw))
+
+
+def cached_tokenizer(name):
+    """The tokenizer of a cached model (``minilora.course.models``), or a skip that says to run make assets."""
+    try:
+        return AutoTokenizer.from_pretrained(model_path(name))
+    except AssetsMissing as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer():
+    """SmolLM2-135M-Instruct's tokenizer (its chat template, ``<|im_end|>``)."""
+    return cached_tokenizer(CHAT_DIR)
+
+
+@pytest.fixture(scope="session")
+def encoder_tokenizer():
+    """all-MiniLM-L6-v2's tokenizer."""
+    return cached_tokenizer(ENCODER_DIR)
 
 
 @pytest.fixture

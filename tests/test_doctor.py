@@ -1,19 +1,16 @@
 """tools/doctor.py (make doctor): its judging on made-up facts, the README parsing, and one real gathering."""
 import dataclasses
-import importlib.util
 import pathlib
-import sys
 
 import pytest
 
+from tools import doctor
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("doctor", ROOT / "tools" / "doctor.py")
-doctor = importlib.util.module_from_spec(spec)
-sys.modules["doctor"] = doctor  # its dataclasses look their module up while being defined
-spec.loader.exec_module(doctor)
+PIN = doctor.TORCH_PIN  # pyproject.toml's, read by the doctor
 
 GOOD = doctor.Facts(
-    python=(3, 11, 7), cores=4, ram_available=6e9, disk_free=20e9, torch_version="2.13.0+cpu",
+    python=(3, 11, 7), cores=4, ram_available=6e9, disk_free=20e9, torch_version=f"{PIN}+cpu",
     torch_cuda=None, torch_size=0.8e9, gpu=False,
     models={"all-MiniLM-L6-v2": True, "SmolLM2-135M-Instruct": True},
     kernel_ok=True, kernel_detail="python3 starts in 2.0 s and imports minilora from this folder",
@@ -47,7 +44,7 @@ def test_every_failing_line_names_its_fix():
     assert "make lab PYTHON=" in fixes["python"].fix
     model_fix = fixes["model SmolLM2-135M-Instruct"].fix
     assert "make assets" in model_fix and "KIT=" in model_fix
-    assert "pinned to 2.13.0" in fixes["torch"].detail
+    assert f"pinned to {PIN}" in fixes["torch"].detail
 
 
 @pytest.mark.parametrize("ram, status", [(1.49e9, "FIX"), (1.5e9, "ok"), (None, "warn")])
@@ -71,10 +68,10 @@ def test_one_core_is_a_warning_not_a_failure():
 
 
 def test_cuda_torch_without_a_gpu_points_to_the_cpu_wheel():
-    line = report(torch_version="2.13.0+cu128", torch_cuda="12.8", torch_size=4.3e9)["torch"]
+    line = report(torch_version=f"{PIN}+cu128", torch_cuda="12.8", torch_size=4.3e9)["torch"]
     assert line.status == "warn" and "CUDA 12.8 build, 4.3 GB on disk" in line.detail
     assert "download.pytorch.org/whl/cpu" in line.fix
-    assert report(torch_version="2.13.0+cu128", torch_cuda="12.8", gpu=True)["torch"].status == "ok"
+    assert report(torch_version=f"{PIN}+cu128", torch_cuda="12.8", gpu=True)["torch"].status == "ok"
 
 
 def test_no_torch_yet_says_make_lab_and_skips_the_estimate():

@@ -1,5 +1,6 @@
 """minilora.course.env: seeding is reproducible, and the set-up check names each problem with its fix."""
 import random
+import re
 
 import numpy as np
 import pytest
@@ -109,3 +110,13 @@ def test_bf16_is_native_follows_the_cpu_capability(monkeypatch, capability, avx5
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", isa)
     assert env.bf16_is_native() is native
     assert ("native" in by_name(env.check_environment())["bf16"].detail) is native
+
+
+def test_the_pins_come_from_pyproject_or_else_from_the_installed_metadata(tmp_path):
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\nname = "minilora"\ndependencies = [\n    "torch==9.9.9",\n    "tqdm==1.0",\n]\n'
+                         '[project.optional-dependencies]\ndev = [\n    "pytest==1.2.3",\n]\n')
+    assert env._pinned(pyproject) == {"torch": "9.9.9", "tqdm": "1.0"}  # the runtime pins only, not dev's
+    installed = env._pinned(tmp_path / "no-pyproject-here.toml")
+    assert set(installed) == set(env.EXPECTED) and "pytest" not in installed
+    assert all(re.fullmatch(r"[0-9][0-9a-z.+]*", v) for v in installed.values()), installed

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from checker_protocol import protocol_tests
+from checker_protocol import assert_specific_hint, protocol_tests
 
 from minilora.course.exercises import ch09
 from minilora.course.models import cached_models
@@ -146,8 +146,7 @@ test_stub_is_not_attempted, test_solution_passes, test_wrong_answer_fails_with_a
     (ch09.check_budget_rank, BUDGET_WRONG["a tensor"], "as a Python int, got Tensor"),
 ])
 def test_hints_are_specific(check, wrong, fragment, capsys):
-    assert check(wrong) is False
-    assert fragment in capsys.readouterr().out
+    assert_specific_hint(wrong, fragment, capsys, check=check)
 
 
 def test_left_vectors_across_ranks_get_the_hint_not_a_crash(capsys):

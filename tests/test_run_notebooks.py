@@ -1,6 +1,5 @@
 """tools/run_notebooks.py: the runtime and peak-memory measurement behind the README's chapter table
 (`make notebooks`, `make timings`), on tiny notebooks written here rather than the real chapters."""
-import importlib.util
 import os
 import pathlib
 import sys
@@ -8,10 +7,7 @@ import sys
 import nbformat
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("run_notebooks", ROOT / "tools" / "run_notebooks.py")
-run_notebooks = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(run_notebooks)
+from tools import doctor, run_notebooks
 
 LINUX = sys.platform.startswith("linux")
 README = """# course
@@ -104,10 +100,6 @@ def test_write_runtimes_updates_readme_and_title_cell(tmp_path):
 
 
 def test_update_table_replaces_the_calibration_line_that_make_doctor_reads():
-    doctor_spec = importlib.util.spec_from_file_location("doctor", ROOT / "tools" / "doctor.py")
-    doctor = importlib.util.module_from_spec(doctor_spec)
-    sys.modules["doctor"] = doctor
-    doctor_spec.loader.exec_module(doctor)
     once = run_notebooks.update_table(README, {}, run_notebooks.calibration_comment(80.04))
     twice = run_notebooks.update_table(once, {}, run_notebooks.calibration_comment(61.0))
     assert twice.count("<!-- calibration:") == 1

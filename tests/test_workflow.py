@@ -4,6 +4,7 @@ yamllint (a dev dependency) always runs; actionlint, which checks GitHub's own s
 runs where it is installed: the workflow installs it, since its package fetches a binary from GitHub.
 """
 
+import re
 import shutil
 import subprocess
 import sys
@@ -89,4 +90,10 @@ def test_workflow_caches_pip_and_the_models_keyed_on_the_assets():
     caches = {s["with"]["path"]: s["with"]["key"]
               for s in job["steps"] if s.get("uses", "").startswith("actions/cache@")}
     assert "~/.cache/pip" in caches
-    assert "hashFiles('minilora/assets.py')" in caches["~/.cache/minilora"]
+    assert "hashFiles('minilora/course/assets.py')" in caches["~/.cache/minilora"]
+
+
+def test_every_file_a_cache_key_hashes_exists():
+    """hashFiles of a missing file is an empty string: the cache would never be renewed, silently."""
+    hashed = re.findall(r"hashFiles\('([^']+)'\)", WORKFLOW.read_text())
+    assert hashed and all((ROOT / path).is_file() for path in hashed), hashed

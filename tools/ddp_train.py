@@ -29,14 +29,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # minilora from this checkout, however the script is started
-
-from minilora.course.distributed import check_world_size, require_torchrun  # noqa: E402
+from minilora.course.distributed import check_world_size, require_torchrun
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -27,7 +27,16 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 START, END = "<!-- runtimes:start -->", "<!-- runtimes:end -->"
 CALIBRATION = re.compile(r"<!-- calibration: ([0-9.]+) ms per step(?:, (.*?))? -->")
-TORCH_PIN = "2.13.0"
+
+
+def pinned(package: str, pyproject: Path = ROOT / "pyproject.toml") -> str | None:
+    """The version ``package`` is pinned to in pyproject.toml (``"name==version"``), the one place the pins are
+    written; read as text, so that this works before anything is installed, on any Python."""
+    m = re.search(rf'^\s*"{re.escape(package)}==([^"]+)"', pyproject.read_text(encoding="utf-8"), re.M)
+    return m.group(1) if m else None
+
+
+TORCH_PIN = pinned("torch")
 MODELS = ("all-MiniLM-L6-v2", "SmolLM2-135M-Instruct")  # minilora.course.models.ENCODER_DIR, CHAT_DIR
 RAM_FALLBACK = 1.5e9   # README troubleshooting: SmolLM2 needs about 1.5 GB free (until peak memory is measured)
 DISK_NEEDED = 1e9      # adapters, outputs and pip's temporary files

@@ -35,10 +35,12 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import sentiment_pieces as P  # noqa: E402
+from minilora.files import write_atomic
 
-from minilora.files import write_atomic  # noqa: E402
+if __package__:  # python -m tools.make_sentiment_data, or imported as tools.make_sentiment_data
+    from . import sentiment_pieces as P
+else:  # python tools/make_sentiment_data.py: Python puts tools/ first on sys.path
+    import sentiment_pieces as P
 
 SEED = 5
 ROOT = Path(__file__).resolve().parents[1]

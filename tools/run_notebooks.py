@@ -175,8 +175,10 @@ def main() -> None:
                          "no --no-solutions.")
     calibration = None
     if args.write_runtimes:  # make doctor's benchmark, on the same idle machine as the runtimes
-        sys.path.insert(0, str(ROOT / "tools"))
-        from doctor import benchmark
+        if __package__:  # python -m tools.run_notebooks (make notebooks, make timings)
+            from .doctor import benchmark  # here, not at the top: only --write-runtimes measures
+        else:  # python tools/run_notebooks.py: Python puts tools/ first on sys.path
+            from doctor import benchmark
 
         calibration = calibration_comment(benchmark())
         print(calibration, flush=True)

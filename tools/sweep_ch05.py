@@ -19,7 +19,6 @@ import sys
 import time
 
 import numpy as np
-from results_csv import write_results  # tools/results_csv.py
 
 from minilora.counting import count_parameters
 from minilora.course.data import load_sentiment
@@ -35,6 +34,11 @@ from minilora.course.experiments import (
     train_sentiment,
 )
 from minilora.course.models import load_encoder
+
+if __package__:  # python -m tools.sweep_ch05, or imported as tools.sweep_ch05
+    from .results_csv import write_results
+else:  # python tools/sweep_ch05.py: Python puts tools/ first on sys.path
+    from results_csv import write_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "ch05_sweep.csv"

@@ -24,7 +24,6 @@ import pathlib
 import sys
 import time
 
-from results_csv import write_results  # tools/results_csv.py
 from torch.utils.data import DataLoader
 
 import minilora
@@ -34,6 +33,11 @@ from minilora.course.models import load_chat_model
 from minilora.files import write_atomic
 from minilora.instruct import ChatCollator, answer_rows, evaluate_contains, evaluate_exact_match, token_budgets
 from minilora.train import fit
+
+if __package__:  # python -m tools.sweep_ch07, or imported as tools.sweep_ch07
+    from .results_csv import write_results
+else:  # python tools/sweep_ch07.py: Python puts tools/ first on sys.path
+    from results_csv import write_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "ch07_sweep.csv"

@@ -29,10 +29,13 @@ import statistics
 import sys
 import time
 
-from results_csv import write_results  # tools/results_csv.py
-
 from minilora.config import LoRAConfig, lora_scaling
 from minilora.course.experiments import accuracy, train_sentiment
+
+if __package__:  # python -m tools.sweep_ch09, or imported as tools.sweep_ch09
+    from .results_csv import write_results
+else:  # python tools/sweep_ch09.py: Python puts tools/ first on sys.path
+    from results_csv import write_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "ch09_sweep.csv"

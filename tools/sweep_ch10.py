@@ -40,7 +40,6 @@ import statistics
 import sys
 import time
 
-from results_csv import write_results  # tools/results_csv.py
 from torch.utils.data import DataLoader
 
 import minilora
@@ -52,6 +51,11 @@ from minilora.files import write_atomic
 from minilora.instruct import ChatCollator, answer_rows, evaluate_contains, evaluate_exact_match, token_budgets
 from minilora.prompting import PrefixTuningConfig, PromptTuningConfig, add_prompt_learning, init_prefix_from_text
 from minilora.train import fit
+
+if __package__:  # python -m tools.sweep_ch10, or imported as tools.sweep_ch10
+    from .results_csv import write_results
+else:  # python tools/sweep_ch10.py: Python puts tools/ first on sys.path
+    from results_csv import write_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT, LOSSES, ANSWERS = (ROOT / "results" / name for name in ("ch10_sweep.csv", "ch10_losses.csv", "ch10_answers.jsonl"))

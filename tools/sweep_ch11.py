@@ -33,12 +33,15 @@ import statistics
 import sys
 import time
 
-from results_csv import write_results  # tools/results_csv.py
-
 from minilora.config import LoRAConfig
 from minilora.course.experiments import SETUPS, task_accuracies, train_multitask, train_task
 from minilora.course.models import load_encoder
 from minilora.task_vectors import merge_task_vectors, task_vector
+
+if __package__:  # python -m tools.sweep_ch11, or imported as tools.sweep_ch11
+    from .results_csv import write_results
+else:  # python tools/sweep_ch11.py: Python puts tools/ first on sys.path
+    from results_csv import write_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "ch11_sweep.csv"

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import sys
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
 import torch
 
@@ -18,17 +20,22 @@ from . import models
 __all__ = ["EXPECTED", "BF16_ISAS", "Check", "bf16_is_native", "check_environment",
            "print_environment"]
 
+
+def _pinned(pyproject: Path = Path(__file__).resolve().parents[2] / "pyproject.toml") -> dict[str, str]:
+    """``{package: version}`` of the ``name==version`` dependencies in pyproject.toml, the one place they
+    are written: the checkout's file when minilora runs from one (``make lab`` installs it editable, so a
+    pulled change of pins shows up here before the reinstall), else the installed package's metadata."""
+    text = pyproject.read_text(encoding="utf-8") if pyproject.is_file() else ""
+    if 'name = "minilora"' in text:  # a regular expression, not tomllib: Python 3.10 has no tomllib
+        array = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M)
+        requirements = re.findall(r'"([^"]+)"', array.group(1)) if array else []
+    else:
+        requirements = [r.split(";")[0] for r in metadata.requires("minilora") or [] if "extra ==" not in r]
+    return dict(r.replace(" ", "").split("==", 1) for r in requirements if "==" in r)
+
+
 #: The versions the course is pinned to (pyproject.toml); others may work but give other numbers.
-EXPECTED = {
-    "torch": "2.13.0",
-    "transformers": "5.17.0",
-    "safetensors": "0.8.0",
-    "gguf": "0.19.0",
-    "numpy": "2.4.6",
-    "matplotlib": "3.11.2",
-    "scikit-learn": "1.9.1",
-    "tqdm": "4.70.1",
-}
+EXPECTED = _pinned()
 
 
 @dataclass
