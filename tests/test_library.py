@@ -1,6 +1,7 @@
 """The shape of the library: every module imports on its own, no import cycles, a public API on purpose."""
 import ast
 import importlib
+import importlib.util
 import pathlib
 import re
 import subprocess
@@ -148,3 +149,34 @@ def test_the_package_docstring_names_every_library_module_and_the_course():
     missing = [m for m in MODULES if not m.startswith("minilora.course") and f"``{m.split('.')[1]}``" not in doc]
     assert not missing, f"name these modules, with their chapter, in minilora/__init__.py's docstring: {missing}"
     assert "``minilora.course``" in doc
+
+
+def _is_submodule(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent is a module, not a package
+        return False
+
+
+def test_every_minilora_import_in_the_repository_resolves():
+    """Notebooks, tools, tests and benchmarks import only names that exist, function-local imports included
+    (a torchrun worker's import runs in another process, where a unit test would not see it fail)."""
+    import json
+
+    sources = [(str(p.relative_to(ROOT)), p.read_text()) for folder in ("tools", "tests", "benchmarks", "minilora")
+               for p in (ROOT / folder).rglob("*.py")]
+    for nb in sorted((ROOT / "notebooks").rglob("*.ipynb")):
+        for i, cell in enumerate(json.loads(nb.read_text())["cells"]):
+            if cell["cell_type"] == "code":
+                code = "\n".join(line for line in "".join(cell["source"]).splitlines()
+                                 if not line.lstrip().startswith(("%", "!")))
+                sources.append((f"{nb.relative_to(ROOT)} cell {i}", code))
+    missing = []
+    for where, code in sources:
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("minilora"):
+                module = importlib.import_module(node.module)
+                for alias in node.names:
+                    if not hasattr(module, alias.name) and not _is_submodule(f"{node.module}.{alias.name}"):
+                        missing.append(f"{where}: from {node.module} import {alias.name}")
+    assert not missing, "\n".join(missing)

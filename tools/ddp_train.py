@@ -181,7 +181,7 @@ def trainer_run(args, rank: int, world: int) -> dict:
 
     from minilora.course.data import load_sentiment
     from minilora.course.distributed import set_dropout, text_collator
-    from minilora.course.env import seed_everything
+    from minilora.utils import seed_everything
     from minilora.course.experiments import SETUPS
     from minilora.course.models import load_encoder
 
