@@ -181,9 +181,9 @@ def trainer_run(args, rank: int, world: int) -> dict:
 
     from minilora.course.data import load_sentiment
     from minilora.course.distributed import set_dropout, text_collator
-    from minilora.utils import seed_everything
     from minilora.course.experiments import SETUPS
     from minilora.course.models import load_encoder
+    from minilora.utils import seed_everything
 
     transformers.logging.set_verbosity_error()
     seed_everything(args.seed)
