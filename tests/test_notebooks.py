@@ -57,6 +57,28 @@ def test_stored_outputs_are_clean(nb):
     assert not problems, f"{nb.name}:\n" + "\n".join(problems)
 
 
+CONTROL_IN_MATH = re.compile(r"\$[^$]*[\t\x07\x08\x0b\x0c\r][^$]*\$")
+
+
+def broken_maths(source: str) -> list[str]:
+    """The $...$ spans of a markdown cell that hold a control character: a Python escape that ate a LaTeX
+    command when the cell was written from a string (\\t of \\times became a TAB, \\b of \\beta a backspace)."""
+    return [m.group(0) for m in CONTROL_IN_MATH.finditer(source)]
+
+
+def test_broken_maths_is_found():
+    assert broken_maths(r"a $0.2 \times 0.2$ b, $\beta$") == []  # intact LaTeX
+    assert broken_maths("a $0.2 \times 0.2$ b") == ["$0.2 \times 0.2$"]  # "\t" of "\times" became a TAB
+    assert broken_maths("$\beta$ and $x$") == ["$\beta$"]  # "\b" of "\beta" became a backspace
+
+
+@pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT / "notebooks")))
+def test_markdown_maths_has_no_control_characters(nb):
+    problems = [f"markdown cell {i}: {span!r}" for i, cell in enumerate(cells(nb)) if cell["cell_type"] == "markdown"
+                for span in broken_maths("".join(cell["source"]))]
+    assert not problems, f"{nb.name}:\n" + "\n".join(problems)
+
+
 def test_title_cell_runtimes_equal_the_readme_table():
     """`make timings` writes both; this keeps them from drifting apart."""
     readme = (ROOT / "README.md").read_text()
