@@ -126,8 +126,8 @@ class LoRAConfig:
             and keeps it when r changes (section 4.1). A number > 0. Default: ``8``. Chapters 02 and 09.
         lora_dropout: the probability of zeroing each input of the LoRA path (the base layer still sees
             the whole input): a regulariser, a number in [0, 1). Default: ``0.0`` (off), as in PEFT.
-            The LoRA paper's code (loralib) has this dropout; QLoRA (Dettmers et al. 2023) used 0.1 for
-            its models up to 13B and 0.05 for the larger ones. Chapter 02.
+            The LoRA paper's code (loralib) has this dropout; QLoRA (Dettmers et al. 2023) trains with a
+            small one, between 0.05 and 0.1. Chapter 02.
         target_modules: which layers get an adapter, in one of three forms: a list of names, each
             matching a module's full name or its last dotted parts (``"query"`` matches
             ``encoder.layer.0.attention.self.query``); a string, a regular expression that must match the
