@@ -47,6 +47,7 @@ from .errors import AdapterFileError
 from .files import CONFIG_NAME, WEIGHTS_NAME, check_adapter_folder, read_tensors, write_atomic
 from .inject import lora_layers
 from .layers import LoRALinear
+from .merge import check_not_merged
 from .pissa import is_pissa, pissa_to_lora_config, pissa_to_lora_state_dict
 from .prompting import PromptLearningModel
 from .prompting_config import check_adapter_name
@@ -55,7 +56,6 @@ from .state_dict import (
     adapter_config,
     fill_adapter,
     get_peft_model_state_dict,
-    refuse_merged,
     set_peft_model_state_dict,
 )
 
@@ -260,7 +260,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: s
                          "Load the LoRA adapter into the base model (model.base_model) instead.")
     cfg = read_adapter_config(directory)
     found = read_tensors(directory)
-    refuse_merged(model, "loading an adapter")
+    check_not_merged(model, "loading an adapter")
     base = cfg.get("base_model_name_or_path")
     here = getattr(getattr(model, "config", None), "name_or_path", "") or type(model).__name__
     try:

@@ -25,11 +25,12 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .adapters import _saved_modules
 from .config import LoRAConfig
 from .embedding import LoRAEmbedding
 from .errors import UnknownAdapterError
 from .inject import lora_layers
-from .modules_to_save import ModulesToSaveWrapper
+from .merge import check_not_merged
 from .prompting import PromptLearningModel
 from .prompting_io import prompt_state_dict, set_prompt_state_dict
 
@@ -49,17 +50,6 @@ def adapter_config(model: nn.Module, adapter_name: str) -> LoRAConfig:
     if adapter_name not in configs:
         raise UnknownAdapterError(adapter_name, configs)
     return configs[adapter_name]
-
-
-def _saved_modules(model: nn.Module) -> list[tuple[str, ModulesToSaveWrapper]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, ModulesToSaveWrapper)]
-
-
-def refuse_merged(model: nn.Module, what: str) -> None:
-    merged = sorted({n for _, layer in lora_layers(model) for n in layer.merged_adapters})
-    if merged:
-        raise ValueError(f"adapters {merged} are merged into the base weights; call minilora.unmerge_adapter(model) "
-                         f"before {what}.")
 
 
 def _adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
@@ -118,7 +108,7 @@ def set_peft_model_state_dict(model: nn.Module, state_dict: Mapping[str, torch.T
     if isinstance(model, PromptLearningModel):
         return set_prompt_state_dict(model, dict(state_dict), adapter_name)
     adapter_config(model, adapter_name)
-    refuse_merged(model, "loading weights into an adapter")
+    check_not_merged(model, "loading weights into an adapter")
     fill_adapter(model, dict(state_dict), adapter_name, lambda lines: ValueError(
         f"the state dict does not fit the model's adapter {adapter_name!r}:\n" + "\n".join(lines) +
         "\nPass the state dict of an adapter with the same config on the same base model."), "state dict")
