@@ -26,6 +26,7 @@ from transformers.pytorch_utils import Conv1D
 from .config import name_matches
 from .counting import model_nbytes
 from .layers import LoRALayer, LoRALinear
+from .merge import check_not_merged
 from .quant import NF4Tensor, check_blocksize, dequantize_nf4, quantize_nf4
 from .targets import output_head_names, short_names
 from .utils import check_bool, check_int
@@ -197,10 +198,7 @@ def quantize_model_nf4(model: nn.Module, skip: Sequence[str] | None = None, bloc
     if compute_dtype is not None and not (isinstance(compute_dtype, torch.dtype) and compute_dtype.is_floating_point):
         raise TypeError(f"compute_dtype must be a floating-point torch.dtype (e.g. torch.bfloat16) or None, got "
                         f"{compute_dtype!r}.")
-    merged = sorted({n for m in model.modules() if isinstance(m, LoRALayer) for n in m.merged_adapters})
-    if merged:
-        raise ValueError(f"adapters {merged} are merged into the base weights, which quantizing would make "
-                         "permanent; call minilora.unmerge_adapter(model) first.")
+    check_not_merged(model, "quantizing (which would make the merge permanent)")
     dora = sorted({n for m in model.modules() if isinstance(m, LoRALayer)
                    for n in getattr(m, "lora_magnitude_vector", {})})
     if dora:
