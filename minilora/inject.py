@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections import OrderedDict
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -86,56 +88,42 @@ def _check_target(module: nn.Module, path: str, adapter_name: str, config: LoRAC
         check_pissa(module, config.r, dims, path)
 
 
-class _Undo:
-    """What adding adapter ``name`` may change in ``model``, recorded before, put back by ``rollback``:
-    replaced modules, ``requires_grad`` flags, the values of ``weights`` (the base weights PiSSA rewrites),
-    the existing LoRA layers' and saved modules' adapter state, ``peft_config``."""
+_CONTAINERS = (dict, OrderedDict, list, set)
 
-    def __init__(self, model: nn.Module, name: str, weights: list[nn.Parameter] = ()) -> None:
-        self.model, self.name, self.replaced = model, name, []
-        self.grads = [(p, p.requires_grad) for p in model.parameters()]
-        self.values = [(w, w.detach().clone()) for w in weights]
-        configs = model.__dict__.get("peft_config")
-        self.configs = (configs, dict(configs)) if configs is not None else None
-        self.layers = [(m, set(m._modules), m.__dict__.get("adapter_layer_names"), list(m.active_adapters))
-                       for _, m in lora_layers(model)]
-        self.saved = [(m, m.active_adapter) for m in model.modules() if isinstance(m, ModulesToSaveWrapper)]
 
-    def replace(self, path: str, new: nn.Module) -> None:
-        self.replaced.append((path, self.model.get_submodule(path)))
-        _set_module(self.model, path, new)
+def _checkpoint(model: nn.Module, weights: Sequence[torch.Tensor] = ()) -> Callable[[], None]:
+    """A function that puts ``model`` back as it is now, after new adapters were added to it: its module tree
+    (every module's children, parameters and buffers), every module's attributes (an adapter's ``r``,
+    ``scaling``, active and merged adapters, a saved module's active copy, train mode, ``peft_config``) and
+    every ``requires_grad``. Parameter values are not recorded, as adding an adapter leaves them alone, except
+    those of ``weights`` (the base weights PiSSA rewrites)."""
+    saved = []
+    for m in model.modules():
+        attrs = dict(vars(m))
+        contents = {k: v.copy() for k, v in attrs.items() if type(v) in _CONTAINERS}
+        saved.append((m, attrs, contents))
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    values = [(w, w.detach().clone()) for w in weights]
 
-    def rollback(self) -> None:
-        for path, old in reversed(self.replaced):
-            _set_module(self.model, path, old)
-        for layer, modules, names, active in self.layers:
-            for key in list(layer._modules):
-                if key not in modules:
-                    delattr(layer, key)  # a container the new adapter created (DoRA's magnitudes)
-                elif isinstance(layer._modules[key], (nn.ModuleDict, nn.ParameterDict)) \
-                        and self.name in layer._modules[key]:
-                    del layer._modules[key][self.name]
-            for values in (layer.r, layer.lora_alpha, layer.scaling, layer.use_rslora):
-                values.pop(self.name, None)
-            layer.__dict__.pop("adapter_layer_names", None)
-            if names is not None:
-                layer.adapter_layer_names = names
-            layer.active_adapters = active
-        for m, active in self.saved:
-            if self.name in m.modules_to_save:
-                del m.modules_to_save[self.name]
-            m.active_adapter = active
+    def restore() -> None:
+        for m, attrs, contents in saved:
+            d = vars(m)
+            for k in [k for k in d if k not in attrs]:
+                del d[k]
+            d.update(attrs)
+            for k, old in contents.items():  # the same container object, with its old contents in its old order
+                v = attrs[k]
+                if isinstance(v, list):
+                    v[:] = old
+                else:
+                    v.clear()
+                    v.update(old)
+        for p, g in grads:
+            p.requires_grad_(g)
         with torch.no_grad():
-            for w, value in self.values:
+            for w, value in values:
                 w.copy_(value)
-        for p, grad in self.grads:
-            p.requires_grad_(grad)
-        if self.configs is None:
-            self.model.__dict__.pop("peft_config", None)
-        else:
-            self.configs[0].clear()
-            self.configs[0].update(self.configs[1])
-            self.model.peft_config = self.configs[0]
+    return restore
 
 
 def inject_lora(model: nn.Module, config: LoRAConfig, adapter_name: str = "default") -> nn.Module:
@@ -168,28 +156,28 @@ def inject_lora(model: nn.Module, config: LoRAConfig, adapter_name: str = "defau
                       "compute what they were trained to; use PiSSA alone, or save it converted to a plain LoRA "
                       "(save_adapter(..., path_initial_model_for_weight_conversion=...)).", stacklevel=2)
     bases = [m.base_layer if isinstance(m, LoRALayer) else m for m in map(model.get_submodule, targets)]
-    undo = _Undo(model, adapter_name, [b.weight for b in bases] if is_pissa(config.init_lora_weights) else [])
+    restore = _checkpoint(model, [b.weight for b in bases] if is_pissa(config.init_lora_weights) else [])
     try:
         for name in targets:
             module = model.get_submodule(name)
             if isinstance(module, LoRALayer):
                 module.update_layer(adapter_name, **args)
             elif isinstance(module, nn.Embedding):
-                undo.replace(name, LoRAEmbedding(module, adapter_name=adapter_name, **args))
+                _set_module(model, name, LoRAEmbedding(module, adapter_name=adapter_name, **args))
             else:
-                undo.replace(name, LoRALinear(module, adapter_name=adapter_name, **args))
+                _set_module(model, name, LoRALinear(module, adapter_name=adapter_name, **args))
         for name in saved:
             module = model.get_submodule(name)
             if isinstance(module, ModulesToSaveWrapper):
                 module.update(adapter_name)
             else:
-                undo.replace(name, ModulesToSaveWrapper(module, adapter_name))
+                _set_module(model, name, ModulesToSaveWrapper(module, adapter_name))
         configs[adapter_name] = config
         model.peft_config = configs
         if len(configs) == 1:
             mark_only_lora_as_trainable(model, config.bias)
     except BaseException:
-        undo.rollback()
+        restore()
         raise
     return model
 

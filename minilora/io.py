@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import OrderedDict
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import save as safetensors_bytes
@@ -45,7 +43,7 @@ from .adapters import add_adapter, list_adapters
 from .config import DEFAULT_TARGETS, LoRAConfig
 from .errors import AdapterFileError
 from .files import CONFIG_NAME, WEIGHTS_NAME, check_adapter_folder, read_tensors, write_atomic
-from .inject import lora_layers
+from .inject import _checkpoint, lora_layers
 from .layers import LoRALinear
 from .merge import check_not_merged
 from .pissa import is_pissa, pissa_to_lora_config, pissa_to_lora_state_dict
@@ -199,39 +197,6 @@ def _to_lora_config(cfg: dict, model: nn.Module) -> LoRAConfig:
                       target_modules=cfg.get("target_modules"), exclude_modules=cfg.get("exclude_modules"),
                       bias=cfg.get("bias", "none"), modules_to_save=saved, use_rslora=cfg.get("use_rslora", False),
                       init_lora_weights=init, use_dora=cfg.get("use_dora") or False)
-
-
-_CONTAINERS = (dict, OrderedDict, list, set)
-
-
-def _checkpoint(model: nn.Module) -> Callable[[], None]:
-    """A function that puts ``model`` back as it is now, after new adapters were added to it: its module tree
-    (every module's children, parameters and buffers), every module's attributes (an adapter's ``r``,
-    ``scaling``, active and merged adapters, a saved module's active copy, train mode, ``peft_config``) and
-    every ``requires_grad``. Parameter values are not recorded: adding an adapter leaves them alone."""
-    saved = []
-    for m in model.modules():
-        attrs = dict(vars(m))
-        contents = {k: v.copy() for k, v in attrs.items() if type(v) in _CONTAINERS}
-        saved.append((m, attrs, contents))
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-
-    def restore() -> None:
-        for m, attrs, contents in saved:
-            d = vars(m)
-            for k in [k for k in d if k not in attrs]:
-                del d[k]
-            d.update(attrs)
-            for k, old in contents.items():  # the same container object, with its old contents in its old order
-                v = attrs[k]
-                if isinstance(v, list):
-                    v[:] = old
-                else:
-                    v.clear()
-                    v.update(old)
-        for p, g in grads:
-            p.requires_grad_(g)
-    return restore
 
 
 def load_adapter(model: nn.Module, directory: str | os.PathLike, adapter_name: str = "default") -> nn.Module:

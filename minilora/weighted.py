@@ -42,7 +42,7 @@ from torch import nn
 from . import merging
 from .config import LoRAConfig
 from .embedding import LoRAEmbedding
-from .inject import _check_new_name, _Undo
+from .inject import _check_new_name, _checkpoint
 from .merge import _known_names, _one_name, _saved, check_not_merged, lora_layers
 from .utils import check_int
 
@@ -165,7 +165,7 @@ def add_weighted_adapter(model: nn.Module, adapters: Sequence[str], weights: Seq
                         else [n for n, _ in layers], exclude_modules=configs[0].exclude_modules if same else None,
                         bias=configs[0].bias, modules_to_save=model.peft_config[modules_to_save_from].modules_to_save
                         if modules_to_save_from else None)
-    undo = _Undo(model, adapter_name)
+    restore = _checkpoint(model)
     try:  # everything is checked: a failure from here on is a bug, and the model is put back as it was
         for _, layer in layers:  # every layer that any input adapts gets the new adapter, inactive and frozen
             active = list(layer.active_adapters)
@@ -188,7 +188,7 @@ def add_weighted_adapter(model: nn.Module, adapters: Sequence[str], weights: Seq
                 A.copy_(A_new.to(A.dtype))
                 B.copy_(B_new.to(B.dtype))
     except BaseException:
-        undo.rollback()
+        restore()
         raise
     return model
 
