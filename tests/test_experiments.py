@@ -10,6 +10,7 @@ from minilora.course.experiments import (
     accuracy,
     build_model,
     fit_probe,
+    random_like,
     train_multitask,
     train_sentiment,
     train_task,
@@ -125,3 +126,41 @@ def test_loraplus_trains_b_faster_and_needs_adapters():
     assert 16e-3 - 1e-6 < move_B < 24e-3 + 1e-4  # 1e-3 * 16 at the first step, then at most (1e-3 / 2) * 16
     with pytest.raises(ValueError, match="needs LoRA adapters"):
         train_sentiment("full", lr=1e-3, seed=0, steps=1, progress=False, loraplus_lr_ratio=16)
+
+
+def test_loraplus_with_head_lr_moves_the_head_at_its_own_rate():
+    """``head_lr`` (chapter 09's fair LoRA+): the head, weight and bias, leaves PEFT's groups for its own.
+
+    Adam's first step moves every entry of a parameter whose gradient is nonzero by its rate: the head's
+    weight and bias by exactly head_lr, where PEFT's groups would move them by lr and lr * ratio."""
+    setup = LoRAConfig(r=2, lora_alpha=4, target_modules=["query"], modules_to_save=["classifier"])
+    start, _ = build_model(setup, seed=0)
+    head = ("classifier.modules_to_save.default.weight", "classifier.modules_to_save.default.bias")
+    moved = {}
+    for head_lr in (None, 5e-3):
+        run = train_sentiment(setup, lr=1e-3, seed=0, steps=1, progress=False, loraplus_lr_ratio=16, head_lr=head_lr)
+        before, after = dict(start.named_parameters()), dict(run.model.named_parameters())
+        moved[head_lr] = [(after[n] - before[n]).abs().max().item() for n in head]
+    assert moved[None] == pytest.approx([1e-3, 16e-3], rel=1e-3)  # PEFT's groups: weight at lr, bias at lr * 16
+    assert moved[5e-3] == pytest.approx([5e-3, 5e-3], rel=1e-3)  # the head apart, at head_lr
+    with pytest.raises(ValueError, match="pass loraplus_lr_ratio"):
+        train_sentiment(setup, lr=1e-3, seed=0, steps=1, progress=False, head_lr=5e-3)
+    with pytest.raises(ValueError, match="needs a trained head"):
+        train_sentiment(LoRAConfig(r=2, target_modules=["query"]), lr=1e-3, seed=0, steps=1, progress=False,
+                        loraplus_lr_ratio=16, head_lr=5e-3)
+
+
+def test_random_like_matches_each_layers_norm_and_is_seeded():
+    """Ilharco et al.'s control for negation: noise with the norm of the task vector, layer by layer."""
+    vector = {"a": torch.arange(12.0).reshape(3, 4), "b": torch.full((2, 2), -3.0)}
+    noise = random_like(vector, seed=1)
+    assert noise.keys() == vector.keys()
+    for name in vector:
+        assert noise[name].shape == vector[name].shape
+        torch.testing.assert_close(noise[name].norm(), vector[name].norm())
+    assert all(torch.equal(noise[n], random_like(vector, seed=1)[n]) for n in vector)  # the same seed, the same draw
+    assert not torch.equal(noise["a"], random_like(vector, seed=2)["a"])
+    cos = torch.nn.functional.cosine_similarity(noise["a"].flatten(), vector["a"].flatten(), dim=0)
+    assert abs(cos) < 0.9  # a direction of its own
+    with pytest.raises(ValueError):
+        random_like(vector, seed=-1)

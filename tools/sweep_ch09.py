@@ -41,12 +41,14 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "ch09_sweep.csv"
 LOSSES = ROOT / "results" / "ch09_losses.csv"
 CH05 = ROOT / "results" / "ch05_sweep.csv"
-FIELDS = ["configuration", "targets", "r", "lora_alpha", "use_rslora", "variant", "scaling", "trainable", "lr",
-          "seed", "validation_accuracy", "test_accuracy", "chosen", "source"]
+FIELDS = ["configuration", "targets", "r", "lora_alpha", "use_rslora", "variant", "scaling", "loraplus_lr_ratio",
+          "head_lr", "trainable", "lr", "seed", "validation_accuracy", "test_accuracy", "chosen", "source"]
 LADDER = [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1, 2e-1]
 TARGETS = {"q": ["query"], "v": ["value"], "q,v": ["query", "value"],
            "q,k,v,o": ["query", "key", "value", "attention.output.dense"], "all-linear": "all-linear"}
 LORAPLUS_RATIO = 16  # LoRA+ paper, section 4: 2^4
+LORAPLUS_RATIOS = (2, 4, 8, 16)  # tuned on validation, with the head in its own group
+HEAD_LR = 5e-3  # the rate chosen for plain LoRA (q,v r=8 alpha=16), whose head trains at it
 
 
 def name(targets: str, r: int, alpha: int, variant: str = "") -> str:
@@ -57,16 +59,19 @@ def configurations() -> dict[str, dict]:
     """name -> the run's settings; a setting shared by two experiments is one configuration."""
     out = {}
 
-    def add(targets, r, alpha, variant=""):
+    def add(targets, r, alpha, variant="", ratio=None, head_lr=None):
         rs = variant == "rsLoRA"
         s = lora_scaling(r, alpha, rs)
         # First guess: Adam moves each entry of B by about lr, so the update of W grows like
         # lr * s * sqrt(r); chapter 05's best (r = 8, s = 2, lr = 5e-3) fixes the constant.
         guess = 5e-3 * 2 * math.sqrt(8) / (s * math.sqrt(r))
-        if variant == "LoRA+":
-            guess /= 4  # the B matrices get lr * 16
-        out[name(targets, r, alpha, variant)] = dict(targets=targets, r=r, lora_alpha=alpha, variant=variant,
-                                                     use_rslora=rs, scaling=s, guess=guess)
+        if ratio:
+            guess /= math.sqrt(ratio)  # the B matrices get lr * ratio
+        key = name(targets, r, alpha, variant)
+        if head_lr:  # LoRA+ with the ratio tuned and the head in its own group
+            key += f" λ={ratio} head {head_lr:g}"
+        out[key] = dict(targets=targets, r=r, lora_alpha=alpha, variant=variant, use_rslora=rs, scaling=s,
+                        guess=guess, ratio=ratio, head_lr=head_lr)
 
     for r in (1, 2, 4, 8, 16, 64):
         add("q,v", r, 2 * r)  # alpha = 2r: s = 2 at every rank
@@ -75,8 +80,11 @@ def configurations() -> dict[str, dict]:
             add("q,v", r, 16, "rsLoRA")  # s = 16 / sqrt(r)
     for targets, r in (("q", 8), ("v", 8), ("q,k,v,o", 2), ("all-linear", 1)):  # (q,v) r=4 is above
         add(targets, r, 2 * r)
-    for variant in ("DoRA", "PiSSA", "LoRA+"):
+    for variant in ("DoRA", "PiSSA"):
         add("q,v", 8, 16, variant)
+    add("q,v", 8, 16, "LoRA+", LORAPLUS_RATIO)  # PEFT's groups: the head's weight at lr, its bias at lr * 16
+    for ratio in LORAPLUS_RATIOS:
+        add("q,v", 8, 16, "LoRA+", ratio, HEAD_LR)
     return out
 
 
@@ -99,13 +107,14 @@ def chapter05_rows() -> dict[str, list[dict]]:
 
 
 def train(c: dict, lr: float, seed: int):
-    return train_sentiment(lora_config(c), lr, seed, progress=False,
-                           loraplus_lr_ratio=LORAPLUS_RATIO if c["variant"] == "LoRA+" else None)
+    return train_sentiment(lora_config(c), lr, seed, progress=False, loraplus_lr_ratio=c["ratio"],
+                           head_lr=c["head_lr"])
 
 
 def row(key: str, c: dict, trainable: int, lr: float, seed: int, val: float, source: str) -> dict:
     return dict(configuration=key, targets=c["targets"], r=c["r"], lora_alpha=c["lora_alpha"],
                 use_rslora=int(c["use_rslora"]), variant=c["variant"] or "LoRA", scaling=f"{c['scaling']:.4g}",
+                loraplus_lr_ratio=c["ratio"] or "", head_lr=f"{c['head_lr']:g}" if c["head_lr"] else "",
                 trainable=trainable, lr=f"{lr:g}", seed=seed, validation_accuracy=f"{val:.4f}", test_accuracy="",
                 chosen=0, source=source)
 
@@ -181,7 +190,10 @@ def main() -> None:
     if args.only:
         def read(path):
             return list(csv.DictReader(line for line in path.read_text().splitlines() if not line.startswith("#")))
-        old_rows = [r for r in read(OUT) if r["configuration"] not in args.only]
+        old_rows = [{**{f: "" for f in FIELDS}, **r} for r in read(OUT) if r["configuration"] not in args.only]
+        for r in old_rows:  # files written before the LoRA+ columns existed
+            if r["variant"] == "LoRA+" and not r["loraplus_lr_ratio"]:
+                r["loraplus_lr_ratio"] = str(LORAPLUS_RATIO)
         old_losses = [r for r in read(LOSSES) if r["configuration"] not in args.only]
     t0 = time.perf_counter()
     rows, losses, order = old_rows, old_losses, list(configs)

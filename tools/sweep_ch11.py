@@ -19,7 +19,14 @@ vectors are merged (``minilora.task_vectors``) and each task is scored with its 
 * **TIES** and **DARE-TIES** at every (density, lambda) of their grids (DARE's drop seeded by the seed);
 * **heads only**: the pretrained body with each task's head, the floor a merge must beat;
 * **negation**: ``tau_domain - lambda * tau_sentiment``, scored on validation for every lambda and
-  on test at lambda = 1 (no choice is made, so the test split is still used once).
+  on test at lambda = 1 (no choice is made, so the test split is still used once);
+* **negation of a random vector**, Ilharco et al.'s control: ``tau_domain - lambda * rho``, where ``rho``
+  is Gaussian noise scaled layer by layer to the norm of ``tau_sentiment`` (drawn with the seed), scored
+  as negation is. Only what negation does beyond this control is the sentiment task being removed.
+
+``--merges-only`` keeps the training rows of ``results/ch11_sweep.csv``, retrains only the chosen
+sentiment and domain adapters (checking that their validation accuracies equal the file's), and
+recomputes every merge: a few minutes instead of half an hour.
 
 Each merge method's (density,) lambda is chosen on the mean over seeds of the mean validation accuracy
 over both tasks; only the chosen setting is scored on test. Every run is a row of
@@ -28,13 +35,14 @@ over both tasks; only the chosen setting is scored on test. Every run is a row o
 from __future__ import annotations
 
 import argparse
+import csv
 import pathlib
 import statistics
 import sys
 import time
 
 from minilora.config import LoRAConfig
-from minilora.course.experiments import SETUPS, task_accuracies, train_multitask, train_task
+from minilora.course.experiments import SETUPS, random_like, task_accuracies, train_multitask, train_task
 from minilora.course.models import load_encoder
 from minilora.task_vectors import merge_task_vectors, task_vector
 
@@ -51,7 +59,8 @@ SINGLE = SETUPS["LoRA r=8"]  # q, v; r=8, alpha 16; the head in modules_to_save
 MULTI = LoRAConfig(r=8, lora_alpha=16, target_modules=["query", "value"])  # train_multitask trains the heads
 LEARNING_RATES = [1e-3, 2e-3, 5e-3, 1e-2, 2e-2]
 LAMBDAS = [0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0]
-MERGE_LAMBDAS = [0.5, 1.0, 1.5, 2.0, 2.5]  # TIES' disjoint mean averages where the tasks agree: larger lambdas
+# TIES' disjoint mean averages where the tasks agree: larger lambdas; DARE's rescaling by 1 / density: smaller ones
+MERGE_LAMBDAS = [0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5]
 DENSITIES = {"ties": [0.05, 0.1, 0.2, 0.5, 1.0], "dare_ties": [0.01, 0.1, 0.3, 0.5, 0.9]}
 NAMES = {"ties": "TIES", "dare_ties": "DARE-TIES"}
 NEGATION_LAMBDAS = [0.5, 1.0, 1.5, 2.0]
@@ -78,6 +87,24 @@ def choose(rows: list[dict], keys: tuple[str, ...]) -> tuple:
     """The setting (values of ``keys``) with the best mean score over seeds; ties: the first in the grid."""
     settings = list(dict.fromkeys(tuple(r[k] for k in keys) for r in rows))
     return max(settings, key=lambda s: statistics.mean(score(r) for r in rows if tuple(r[k] for k in keys) == s))
+
+
+def retrain_chosen(base, tokenizer, rows: list[dict], seeds: list[int]) -> dict:
+    """The chosen sentiment and domain adapters of ``rows``, trained again; their validation accuracies
+    must equal the file's (training is deterministic), or the merges would not be of the file's adapters."""
+    chosen = {seed: {} for seed in seeds}
+    for method, task in (("sentiment adapter", "sentiment"), ("domain adapter", "domain")):
+        for r in rows:
+            if r["method"] != method or r["chosen"] != "1" or int(r["seed"]) not in chosen:
+                continue
+            run = train_task(task, SINGLE, float(r["lr"]), int(r["seed"]), progress=False)
+            vector, heads = task_vector(run.model), {task: run.model.classifier.modules_to_save["default"]}
+            val = task_accuracies(base, tokenizer, vector, heads, "validation")[task]
+            if abs(val - float(r[f"val_{task}"])) > 1e-4:
+                raise SystemExit(f"{method} seed {r['seed']}: validation {val:.4f} here, {r[f'val_{task}']} in "
+                                 f"{OUT.name}: run the whole sweep (without --merges-only) on this machine.")
+            chosen[int(r["seed"])][method] = (vector, heads)
+    return chosen
 
 
 def train_rows(base, tokenizer, seeds: list[int]) -> tuple[list[dict], dict]:
@@ -135,6 +162,12 @@ def merge_rows(base, tokenizer, seeds: list[int], chosen: dict) -> list[dict]:
             test = task_accuracies(base, tokenizer, merged, heads, "test") if lam == 1.0 else None
             rows.append(row("negation", seed, task_accuracies(base, tokenizer, merged, heads, "validation"), test,
                             lam=-lam, chosen=int(lam == 1.0)))
+        noise = random_like(ts, seed)
+        for lam in NEGATION_LAMBDAS:
+            merged = merge_task_vectors([noise, td], [-lam, 1.0])
+            test = task_accuracies(base, tokenizer, merged, heads, "test") if lam == 1.0 else None
+            rows.append(row("negation (random)", seed, task_accuracies(base, tokenizer, merged, heads, "validation"),
+                            test, lam=-lam, chosen=int(lam == 1.0)))
         print(f"  merges, seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
     for method, keys in (("task arithmetic", ("lambda",)), ("TIES", ("density", "lambda")),
                          ("DARE-TIES", ("density", "lambda"))):
@@ -156,15 +189,28 @@ def merge_rows(base, tokenizer, seeds: list[int], chosen: dict) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds per setting (>= 3)")
+    ap.add_argument("--merges-only", action="store_true",
+                    help="keep the file's training rows, retrain only the chosen adapters, redo the merges")
     args = ap.parse_args()
     if len(set(args.seeds)) < 3:
         raise SystemExit("give at least three different seeds: the results report mean ± std.")
     t0 = time.perf_counter()
     base, tokenizer = load_encoder(num_labels=2)  # the pretrained body every task vector is added to
     base.eval()
-    rows, chosen = train_rows(base, tokenizer, args.seeds)
+    command = f"python tools/sweep_ch11.py --seeds {' '.join(map(str, args.seeds))}"
+    if args.merges_only:
+        lines = OUT.read_text().splitlines()
+        suffix = " (merges: --merges-only)"
+        command = lines[0].removeprefix("# written by: ").removesuffix(suffix) + suffix
+        rows = [r for r in csv.DictReader(lines[1:]) if r["method"].endswith("adapter")]
+        seeds = sorted({int(r["seed"]) for r in rows})
+        if seeds != sorted(args.seeds):
+            raise SystemExit(f"{OUT.name} was trained with seeds {seeds}: pass --seeds {' '.join(map(str, seeds))}.")
+        chosen = retrain_chosen(base, tokenizer, rows, args.seeds)
+    else:
+        rows, chosen = train_rows(base, tokenizer, args.seeds)
     rows += merge_rows(base, tokenizer, args.seeds, chosen)
-    write_results(OUT, f"python tools/sweep_ch11.py --seeds {' '.join(map(str, args.seeds))}", FIELDS, rows)
+    write_results(OUT, command, FIELDS, rows)
     print(f"wrote {OUT}: {len(rows)} rows in {(time.perf_counter() - t0) / 60:.0f} min", file=sys.stderr)
 
 

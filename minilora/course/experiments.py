@@ -112,12 +112,21 @@ def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sc
 
 
 def train_task(task: str, setup: LoRAConfig | str, lr: float, seed: int = 0, steps: int = STEPS, name: str = "",
-               progress: bool = True, loraplus_lr_ratio: float | None = None) -> SentimentRun:
+               progress: bool = True, loraplus_lr_ratio: float | None = None,
+               head_lr: float | None = None) -> SentimentRun:
     """Train one configuration on ``task`` with the chapter's protocol (module docstring).
 
     With ``loraplus_lr_ratio`` (chapter 09) the optimiser is LoRA+'s: ``lr`` for the A matrices and the
-    head's weight, ``lr * loraplus_lr_ratio`` for the B matrices and every 1-D parameter."""
+    head's weight, ``lr * loraplus_lr_ratio`` for the B matrices and every 1-D parameter (the head's bias
+    included), as PEFT groups them. With ``head_lr`` as well, the trained head (``modules_to_save``),
+    weight and bias, leaves those groups for one of its own at ``head_lr``: LoRA+'s ratio then acts on
+    the adapters alone, and the head trains as it does in plain LoRA at that rate."""
     _check_run(lr, steps)
+    if head_lr is not None:
+        check_number(head_lr, "head_lr", low=0, low_open=True)
+        if loraplus_lr_ratio is None:
+            raise ValueError("head_lr gives the head its own group in LoRA+'s optimiser: pass loraplus_lr_ratio "
+                             "too, or leave head_lr=None (without LoRA+ the head trains at lr).")
     model, tokenizer = build_model(setup, seed, task)
     trainable, total = get_nb_trainable_parameters(model)
     loader = make_loader(load_sentiment("train"), tokenizer, task=task, batch_size=BATCH, shuffle=True, seed=seed,
@@ -126,6 +135,14 @@ def train_task(task: str, setup: LoRAConfig | str, lr: float, seed: int = 0, ste
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     elif isinstance(setup, LoRAConfig):
         optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=loraplus_lr_ratio)
+        if head_lr is not None:
+            head = [p for n, p in model.named_parameters() if p.requires_grad and ".modules_to_save." in n]
+            if not head:
+                raise ValueError("head_lr needs a trained head: add modules_to_save=[...] to the LoRAConfig.")
+            ids = {id(p) for p in head}
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if id(p) not in ids]
+            optimizer.add_param_group({"params": head, "lr": head_lr, "weight_decay": 0.0})
     else:
         raise ValueError("loraplus_lr_ratio needs LoRA adapters: pass a LoRAConfig as the setup, or leave "
                          "loraplus_lr_ratio=None for full fine-tuning.")
@@ -136,9 +153,10 @@ def train_task(task: str, setup: LoRAConfig | str, lr: float, seed: int = 0, ste
 
 
 def train_sentiment(setup: LoRAConfig | str, lr: float, seed: int = 0, steps: int = STEPS, name: str = "",
-                    progress: bool = True, loraplus_lr_ratio: float | None = None) -> SentimentRun:
+                    progress: bool = True, loraplus_lr_ratio: float | None = None,
+                    head_lr: float | None = None) -> SentimentRun:
     """``train_task("sentiment", ...)``: chapter 05's experiment (and chapter 09's)."""
-    return train_task("sentiment", setup, lr, seed, steps, name, progress, loraplus_lr_ratio)
+    return train_task("sentiment", setup, lr, seed, steps, name, progress, loraplus_lr_ratio, head_lr)
 
 
 @dataclass
@@ -227,4 +245,16 @@ def task_accuracies(model: nn.Module, tokenizer, vector: Mapping[str, torch.Tens
                 out[task] = accuracy(model, tokenizer, split, task)
     finally:
         model.classifier = original
+    return out
+
+
+def random_like(vector: Mapping[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """Ilharco et al.'s control for negation (chapter 11): Gaussian noise with, layer by layer, the
+    Frobenius norm of ``vector``'s ΔW, drawn from a generator seeded with ``seed`` (layers in sorted order)."""
+    check_int(seed, "seed", minimum=0)
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in sorted(vector):
+        noise = torch.randn(vector[name].shape, generator=g, dtype=vector[name].dtype)
+        out[name] = noise * (vector[name].norm() / noise.norm())
     return out
