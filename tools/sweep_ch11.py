@@ -25,8 +25,9 @@ vectors are merged (``minilora.task_vectors``) and each task is scored with its 
   as negation is. Only what negation does beyond this control is the sentiment task being removed.
 
 ``--merges-only`` keeps the training rows of ``results/ch11_sweep.csv``, retrains only the chosen
-sentiment and domain adapters (checking that their validation accuracies equal the file's), and
-recomputes every merge: a few minutes instead of half an hour.
+sentiment and domain adapters (checking that their validation accuracies equal the file's: the same
+adapters), keeps the merges the file already has, computes the settings it lacks (a grid extended,
+a new control), and chooses again: minutes instead of half an hour.
 
 Each merge method's (density,) lambda is chosen on the mean over seeds of the mean validation accuracy
 over both tasks; only the chosen setting is scored on test. Every run is a row of
@@ -139,35 +140,43 @@ def train_rows(base, tokenizer, seeds: list[int]) -> tuple[list[dict], dict]:
     return rows, chosen
 
 
-def merge_rows(base, tokenizer, seeds: list[int], chosen: dict) -> list[dict]:
+def merge_rows(base, tokenizer, seeds: list[int], chosen: dict, known: dict | None = None) -> list[dict]:
+    """Every merge of every seed's chosen adapters, on validation (and the unchosen settings' test fields
+    empty). ``known``: rows already computed from the same adapters, by (method, lambda, density, seed);
+    those are taken as they are instead of evaluated again."""
+    known = known or {}
     rows = []
+
+    def add(method, seed, lam, density, vector, heads, with_test=False):
+        key = (method, "" if lam is None else f"{lam:g}", "" if density is None else f"{density:g}", seed)
+        if key in known and (known[key]["test_sentiment"] or not with_test):
+            old = dict(known[key], seed=seed)
+            if not with_test:
+                old.update(test_sentiment="", test_domain="", chosen=0)
+            rows.append(old)
+            return
+        val = task_accuracies(base, tokenizer, vector, heads, "validation")
+        test = task_accuracies(base, tokenizer, vector, heads, "test") if with_test else None
+        rows.append(row(method, seed, val, test, lam="" if lam is None else lam,
+                        density="" if density is None else density, chosen=int(with_test)))
+
     for seed in seeds:
         t = time.perf_counter()
         (ts, hs), (td, hd) = chosen[seed]["sentiment adapter"], chosen[seed]["domain adapter"]
         heads = {**hs, **hd}
-        val = task_accuracies(base, tokenizer, None, heads, "validation")
-        rows.append(row("heads only", seed, val, task_accuracies(base, tokenizer, None, heads, "test"), chosen=1))
+        add("heads only", seed, None, None, None, heads, with_test=True)
         for lam in LAMBDAS:
-            merged = merge_task_vectors([ts, td], [lam, lam])
-            rows.append(row("task arithmetic", seed, task_accuracies(base, tokenizer, merged, heads, "validation"),
-                            lam=lam))
+            add("task arithmetic", seed, lam, None, merge_task_vectors([ts, td], [lam, lam]), heads)
         for kind, densities in DENSITIES.items():
             for density in densities:
                 for lam in MERGE_LAMBDAS:
-                    merged = merge_task_vectors([ts, td], [lam, lam], kind, density, seed=seed)
-                    rows.append(row(NAMES[kind], seed, task_accuracies(base, tokenizer, merged, heads, "validation"),
-                                    lam=lam, density=density))
-        for lam in NEGATION_LAMBDAS:
-            merged = merge_task_vectors([ts, td], [-lam, 1.0])
-            test = task_accuracies(base, tokenizer, merged, heads, "test") if lam == 1.0 else None
-            rows.append(row("negation", seed, task_accuracies(base, tokenizer, merged, heads, "validation"), test,
-                            lam=-lam, chosen=int(lam == 1.0)))
+                    add(NAMES[kind], seed, lam, density,
+                        merge_task_vectors([ts, td], [lam, lam], kind, density, seed=seed), heads)
         noise = random_like(ts, seed)
-        for lam in NEGATION_LAMBDAS:
-            merged = merge_task_vectors([noise, td], [-lam, 1.0])
-            test = task_accuracies(base, tokenizer, merged, heads, "test") if lam == 1.0 else None
-            rows.append(row("negation (random)", seed, task_accuracies(base, tokenizer, merged, heads, "validation"),
-                            test, lam=-lam, chosen=int(lam == 1.0)))
+        for method, removed in (("negation", ts), ("negation (random)", noise)):
+            for lam in NEGATION_LAMBDAS:  # no choice is made: lambda = 1 is scored on test
+                add(method, seed, -lam, None, merge_task_vectors([removed, td], [-lam, 1.0]), heads,
+                    with_test=lam == 1.0)
         print(f"  merges, seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
     for method, keys in (("task arithmetic", ("lambda",)), ("TIES", ("density", "lambda")),
                          ("DARE-TIES", ("density", "lambda"))):
@@ -207,9 +216,11 @@ def main() -> None:
         if seeds != sorted(args.seeds):
             raise SystemExit(f"{OUT.name} was trained with seeds {seeds}: pass --seeds {' '.join(map(str, seeds))}.")
         chosen = retrain_chosen(base, tokenizer, rows, args.seeds)
+        known = {(r["method"], r["lambda"], r["density"], int(r["seed"])): r
+                 for r in csv.DictReader(lines[1:]) if not r["method"].endswith("adapter")}
     else:
-        rows, chosen = train_rows(base, tokenizer, args.seeds)
-    rows += merge_rows(base, tokenizer, args.seeds, chosen)
+        rows, chosen, known = *train_rows(base, tokenizer, args.seeds), None
+    rows += merge_rows(base, tokenizer, args.seeds, chosen, known)
     write_results(OUT, command, FIELDS, rows)
     print(f"wrote {OUT}: {len(rows)} rows in {(time.perf_counter() - t0) / 60:.0f} min", file=sys.stderr)
 
