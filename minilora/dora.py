@@ -52,7 +52,7 @@ def refuse_dora(base_layer: nn.Module, name: str = "this layer") -> None:
     if getattr(base_layer, "is_quantized", False):
         raise ValueError(f"use_dora=True on {name}, a quantized (NF4) base: minilora's DoRA needs the full-precision "
                          "weight for its row norms. Use use_dora=False (QLoRA), or dequantize the base first "
-                         "(LinearNF4.to_linear, chapter 08).")
+                         "(minilora.qlora.dequantize_model_nf4(model), chapter 08).")
     if isinstance(base_layer, nn.Embedding):
         raise ValueError(f"use_dora=True on {name}, an embedding: minilora implements DoRA for linear layers only "
                          "(PEFT has it for embeddings too). Leave embeddings out of target_modules (or "

@@ -267,8 +267,9 @@ class LoRALayer(nn.Module):
     def _base_weight(self) -> torch.Tensor:
         if getattr(self.base_layer, "is_quantized", False):
             raise ValueError("cannot merge a LoRA update into a quantized (NF4) base weight: the sum would have to "
-                               "be re-quantized and the adapter's precision lost. Dequantize the base first "
-                               "(LinearNF4.to_linear, chapter 08), or keep the adapter unmerged.")
+                               "be re-quantized and the adapter's precision lost. Dequantize the base first, "
+                               "merge_and_unload(minilora.qlora.dequantize_model_nf4(model)) (chapter 08), or keep the "
+                               "adapter unmerged.")
         return self.base_layer.weight
 
     def replace_base_weight(self, weight: torch.Tensor) -> None:

@@ -12,6 +12,10 @@ gradient flows through it to the input and to the adapters, and the base itself 
 a whole model, in QLoRA's order: quantize the pretrained base first, then ``inject_lora``.
 ``nf4_plan`` says which layers it replaces and why it leaves the others (``minilora.memory``
 counts bytes with the same plan, so computed and measured bytes agree exactly).
+
+**Merging.** ``merge_adapter`` refuses an NF4 base: :math:`\mathrm{NF4}(\mathrm{dequant}(W^{NF4}) + sBA)` would
+round away an update far smaller than NF4's steps (chapter 08 measures it). ``dequantize_model_nf4`` puts plain
+linear layers back (transformers' ``model.dequantize()``), into which ``merge_and_unload`` merges exactly.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from .quant import NF4Tensor, check_blocksize, dequantize_nf4, quantize_nf4
 from .targets import output_head_names, short_names
 from .utils import check_bool, check_int
 
-__all__ = ["LinearNF4", "QuantizeReport", "nf4_plan", "quantize_model_nf4"]
+__all__ = ["LinearNF4", "QuantizeReport", "nf4_plan", "quantize_model_nf4", "dequantize_model_nf4"]
 
 
 class _NF4Matmul(torch.autograd.Function):
@@ -90,12 +94,14 @@ class LinearNF4(nn.Module):
         """The full weight (out, in), rebuilt from NF4, in ``dtype`` (default ``compute_dtype``)."""
         return dequantize_nf4(self.weight_nf4, dtype or self.compute_dtype)
 
-    def to_linear(self) -> nn.Linear:
-        """A plain ``nn.Linear`` holding the dequantized weight (e.g. to merge LoRA into it)."""
+    def to_linear(self, dtype: Optional[torch.dtype] = None) -> nn.Linear:
+        """A plain ``nn.Linear`` holding the dequantized weight (and the bias) in ``dtype`` (default: the
+        original weight's dtype), e.g. to merge LoRA into it."""
+        dtype = dtype or self._meta[1]
         out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                        device=self.weight_codes.device, dtype=self._meta[1])
+                        device=self.weight_codes.device, dtype=dtype)
         with torch.no_grad():
-            out.weight.copy_(self.dequantize_weight(self._meta[1]))
+            out.weight.copy_(self.dequantize_weight(dtype))
             if self.bias is not None:
                 out.bias.copy_(self.bias)
         return out
@@ -218,4 +224,35 @@ def quantize_model_nf4(model: nn.Module, skip: Sequence[str] | None = None, bloc
         setattr(model.get_submodule(parent) if parent else model, child, layer)
     report.bytes_after = model_nbytes(model)
     model.nf4_report = report
+    return model
+
+
+def dequantize_model_nf4(model: nn.Module, dtype: Optional[torch.dtype] = None) -> nn.Module:
+    r"""Replace, in place, every ``LinearNF4`` of ``model`` (a LoRA layer's ``base_layer`` too) by a frozen
+    ``nn.Linear`` holding :math:`\mathrm{dequant}(W^{NF4})` in ``dtype`` (default: the weight's dtype before
+    quantizing); return the model, without its ``nf4_report`` (transformers: ``model.dequantize()``).
+
+    How to merge a QLoRA adapter: ``merge_and_unload(dequantize_model_nf4(model))`` computes
+    :math:`\mathrm{dequant}(W^{NF4}) + sBA`, the weights the adapter was trained with; then ``.to(torch.bfloat16)``
+    stores 16 bits, rounding once. To serve 4-bit weights instead, keep the adapter unmerged.
+
+    Checked first, the model unchanged on refusal: ``TypeError`` for a model that is not an ``nn.Module`` or a
+    ``dtype`` that is not a floating-point torch.dtype; ``ValueError`` for a model with no ``LinearNF4`` or one that
+    is a single ``LinearNF4``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}.")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating-point torch.dtype (e.g. torch.float32) or None, got {dtype!r}.")
+    if isinstance(model, LinearNF4):
+        raise ValueError("model is itself a single LinearNF4 layer; use layer.to_linear(dtype) instead.")
+    names = [n for n, m in model.named_modules() if isinstance(m, LinearNF4)]
+    if not names:
+        raise ValueError("this model has no LinearNF4 layer, so there is nothing to dequantize; "
+                         "quantize_model_nf4(model) is what makes them.")
+    new = {n: model.get_submodule(n).to_linear(dtype).requires_grad_(False) for n in names}  # all, then swap
+    for name, layer in new.items():
+        parent, _, child = name.rpartition(".")
+        layer.train(model.get_submodule(name).training)
+        setattr(model.get_submodule(parent) if parent else model, child, layer)
+    model.__dict__.pop("nf4_report", None)
     return model

@@ -60,10 +60,28 @@ RANK_WRONG = {
     "a power of two only": lambda b, base, p: 2 ** int(math.log2(max(1, max_rank(b, base, p)))),
 }
 
+
+# Exercise 8.4 --------------------------------------------------------------------------------------
+def checkpoint_time_ratio(forward, backward, recomputed):
+    return (forward + backward + recomputed * forward) / (forward + backward)
+
+
+CKPT_WRONG = {
+    "inverted": lambda f, b, r: 1 / checkpoint_time_ratio(f, b, r),
+    "extra work only": lambda f, b, r: r * f / (f + b),
+    "not divided": lambda f, b, r: 1 + r * f,
+    "share not scaled": lambda f, b, r: (f + b + r) / (f + b),
+    "backward recomputed too": lambda f, b, r: (f + 2 * b + r * f) / (f + b),
+    "always 4/3": lambda f, b, r: 4 / 3,
+    "a string": lambda f, b, r: str(checkpoint_time_ratio(f, b, r)),
+}
+
+
 CASES = [
     (ch08.check_lora_training_bytes, lora_training_bytes, BYTES_WRONG),
     (ch08.check_nf4_bits_per_param, nf4_bits_per_param, NF4_WRONG),
     (ch08.check_max_rank, max_rank, RANK_WRONG),
+    (ch08.check_checkpoint_time_ratio, checkpoint_time_ratio, CKPT_WRONG),
 ]
 
 
@@ -85,6 +103,11 @@ test_stub_is_not_attempted, test_solution_passes, test_wrong_answer_fails_with_a
     (RANK_WRONG["4 bytes per parameter"], "16 bytes while training"),
     (RANK_WRONG["base ignored"], "takes base_bytes of the budget"),
     (RANK_WRONG["a fraction"], "whole number"),
+    (CKPT_WRONG["inverted"], "checkpointed / plain"),
+    (CKPT_WRONG["extra work only"], "only the extra work"),
+    (CKPT_WRONG["not divided"], "not by 1"),
+    (CKPT_WRONG["share not scaled"], "recomputed * forward"),
+    (CKPT_WRONG["backward recomputed too"], "the backward pass runs once"),
 ])
 def test_hints_are_specific(wrong, fragment, capsys):
     assert_specific_hint(wrong, fragment, capsys, cases=CASES)

@@ -4,6 +4,7 @@
   adapter parameters with AdamW on a frozen base of ``n_base`` parameters at ``base_bits`` bits each.
 * 8.2 ``nf4_bits_per_param(blocksize, double_quant)``: bits per weight of NF4, block constants included.
 * 8.3 ``max_rank(budget_bytes, base_bytes, per_rank)``: the largest LoRA rank whose training fits.
+* 8.4 ``checkpoint_time_ratio(forward, backward, recomputed)``: a checkpointed step's time over a plain one's.
 """
 from __future__ import annotations
 
@@ -127,4 +128,39 @@ def check_max_rank(fn) -> None:
         raise Hint(f"{where} the answer is r = {want}, you returned {got}.")
 
 
-__all__ = ["check_lora_training_bytes", "check_nf4_bits_per_param", "check_max_rank"]
+# (forward, backward, recomputed share of the forward): a full fine-tune (backward = 2 forwards), LoRA (the
+# frozen base computes no weight gradients), SmolLM2 with LoRA (the output head, 28.3M of 134.5M multiply-adds
+# per token, is not recomputed), other costs, and nothing recomputed.
+_CKPT_CASES = [(1, 2, 1), (1, 1, 1), (1, 1, 1 - 28_311_552 / 134_479_872), (2, 3, 0.5), (1, 2, 0)]
+
+
+@checker("Exercise 8.4: what checkpointing costs in time")
+def check_checkpoint_time_ratio(fn) -> None:
+    """``fn(forward, backward, recomputed)`` must return ``(forward + backward + recomputed * forward) /
+    (forward + backward)``. A wrong answer is compared, on every case, with the usual mistakes."""
+    def right(f, b, r):
+        return (f + b + r * f) / (f + b)
+
+    got = [_as_number(fn(*case), "checkpoint_time_ratio") for case in _CKPT_CASES]
+    if all(_close(g, right(*case)) for g, case in zip(got, _CKPT_CASES)):
+        return
+    mistakes = [
+        (lambda f, b, r: 1 / right(f, b, r), "that is the plain step over the checkpointed one; the ratio asked "
+         "for is checkpointed / plain, at least 1."),
+        (lambda f, b, r: right(f, b, r) - 1, "that is only the extra work; a checkpointed step still does the "
+         "whole plain step too, so add forward + backward before dividing."),
+        (lambda f, b, r: 1 + r * f, "divide the extra work by the time of a plain step, forward + backward, not by 1."),
+        (lambda f, b, r: (f + b + r) / (f + b), "recomputed is a share of the forward pass, so it costs "
+         "recomputed * forward."),
+        (lambda f, b, r: (f + 2 * b + r * f) / (f + b), "checkpointing recomputes the forward pass only; the "
+         "backward pass runs once."),
+    ]
+    for mistake, hint in mistakes:
+        if all(_close(g, mistake(*case)) for g, case in zip(got, _CKPT_CASES)):
+            raise Hint(hint)
+    g, (f, b, r) = next((g, case) for g, case in zip(got, _CKPT_CASES) if not _close(g, right(*case)))
+    raise Hint(f"for forward={f}, backward={b}, recomputed={r:.4g} the answer is {right(f, b, r):.6g}, "
+               f"you returned {g:.6g}.")
+
+
+__all__ = ["check_lora_training_bytes", "check_nf4_bits_per_param", "check_max_rank", "check_checkpoint_time_ratio"]
