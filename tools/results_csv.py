@@ -1,4 +1,4 @@
-"""Writing a results file of a sweep: a comment naming the command, then CSV rows; atomically."""
+"""A sweep's results file: a comment naming the command, then CSV rows; written atomically, read back."""
 from __future__ import annotations
 
 import csv
@@ -17,3 +17,8 @@ def write_results(path: pathlib.Path, command: str, fields: list[str], rows: lis
     writer.writeheader()
     writer.writerows(rows)
     write_atomic(path, text.getvalue())
+
+
+def read_results(path: pathlib.Path) -> list[dict]:
+    """The rows of a results file, without its ``# written by:`` comment line."""
+    return list(csv.DictReader(line for line in path.read_text().splitlines() if not line.startswith("#")))

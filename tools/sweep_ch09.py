@@ -22,7 +22,6 @@ each names the command that wrote it.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import pathlib
 import statistics
@@ -33,9 +32,9 @@ from minilora.config import LoRAConfig, lora_scaling
 from minilora.course.experiments import accuracy, train_sentiment
 
 if __package__:  # python -m tools.sweep_ch09, or imported as tools.sweep_ch09
-    from .results_csv import write_results
+    from .results_csv import read_results, write_results
 else:  # python tools/sweep_ch09.py: Python puts tools/ first on sys.path
-    from results_csv import write_results
+    from results_csv import read_results, write_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "ch09_sweep.csv"
@@ -96,9 +95,8 @@ def lora_config(c: dict) -> LoRAConfig:
 
 def chapter05_rows() -> dict[str, list[dict]]:
     """Chapter 05's LoRA runs (query and value, alpha = 2r), under this file's names."""
-    lines = [line for line in CH05.read_text().splitlines() if not line.startswith("#")]
     out = {}
-    for row in csv.DictReader(lines):
+    for row in read_results(CH05):
         if not row["configuration"].startswith("LoRA r=") or "all" in row["configuration"]:
             continue
         r = int(row["configuration"].removeprefix("LoRA r="))
@@ -188,13 +186,11 @@ def main() -> None:
         raise SystemExit(f"unknown configurations {sorted(unknown)}; they are: {', '.join(configs)}")
     old_rows, old_losses = [], []
     if args.only:
-        def read(path):
-            return list(csv.DictReader(line for line in path.read_text().splitlines() if not line.startswith("#")))
-        old_rows = [{**{f: "" for f in FIELDS}, **r} for r in read(OUT) if r["configuration"] not in args.only]
+        old_rows = [{**{f: "" for f in FIELDS}, **r} for r in read_results(OUT) if r["configuration"] not in args.only]
         for r in old_rows:  # files written before the LoRA+ columns existed
             if r["variant"] == "LoRA+" and not r["loraplus_lr_ratio"]:
                 r["loraplus_lr_ratio"] = str(LORAPLUS_RATIO)
-        old_losses = [r for r in read(LOSSES) if r["configuration"] not in args.only]
+        old_losses = [r for r in read_results(LOSSES) if r["configuration"] not in args.only]
     t0 = time.perf_counter()
     rows, losses, order = old_rows, old_losses, list(configs)
     command = "python tools/sweep_ch09.py --seeds " + " ".join(map(str, args.seeds))

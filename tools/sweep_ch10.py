@@ -39,7 +39,6 @@ loss file.
 """
 from __future__ import annotations
 
-import csv
 import json
 import pathlib
 import statistics
@@ -59,9 +58,9 @@ from minilora.prompting import PrefixTuningConfig, PromptTuningConfig, add_promp
 from minilora.train import fit
 
 if __package__:  # python -m tools.sweep_ch10, or imported as tools.sweep_ch10
-    from .results_csv import write_results
+    from .results_csv import read_results, write_results
 else:  # python tools/sweep_ch10.py: Python puts tools/ first on sys.path
-    from results_csv import write_results
+    from results_csv import read_results, write_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT, LOSSES, ANSWERS = (ROOT / "results" / name for name in ("ch10_sweep.csv", "ch10_losses.csv", "ch10_answers.jsonl"))
@@ -142,7 +141,7 @@ def lora_extension(out: list[dict], losses: list[dict], t0: float) -> None:
     """LoRA seed 0 on validation at each rate of ``LORA_EXTENSION``; refuse to go on if one beats chapter 07's
     choice (its rows would then need the test seeds of a new rate)."""
     validation = load_instructions("validation")
-    ch07 = [r for r in csv.DictReader(CH07.read_text().splitlines()[1:]) if r["run"] == "lora"]
+    ch07 = [r for r in read_results(CH07) if r["run"] == "lora"]
     chosen = next(r for r in ch07 if r["chosen"] == "1" and r["split"] == "validation" and r["skill"] == "overall")
     for lr in LORA_EXTENSION:
         model, tok, history = run("lora", lr, 0, losses, t0)
@@ -156,15 +155,11 @@ def lora_extension(out: list[dict], losses: list[dict], t0: float) -> None:
                              "train the test seeds at the new best rate.")
 
 
-def read_csv(path: pathlib.Path) -> list[dict]:
-    return list(csv.DictReader(path.read_text().splitlines()[1:]))
-
-
 def main() -> None:
     t0 = time.perf_counter()
     if "--lora-extension-only" in sys.argv[1:]:
-        out = [r for r in read_csv(OUT) if not (r["run"] == "lora" and r["split"] == "validation")]
-        losses = [r for r in read_csv(LOSSES) if not (r["run"] == "lora" and float(r["lr"]) in LORA_EXTENSION)]
+        out = [r for r in read_results(OUT) if not (r["run"] == "lora" and r["split"] == "validation")]
+        losses = [r for r in read_results(LOSSES) if not (r["run"] == "lora" and float(r["lr"]) in LORA_EXTENSION)]
         answers = {}
         for line in ANSWERS.read_text().splitlines():
             a = json.loads(line)
@@ -200,7 +195,7 @@ def main() -> None:
         del kept
         save(out, losses, answers)  # after each method: a later failure keeps what is done
     lora_extension(out, losses, t0)
-    ch07 = [r for r in csv.DictReader(CH07.read_text().splitlines()[1:]) if r["run"] == "lora"]
+    ch07 = [r for r in read_results(CH07) if r["run"] == "lora"]
     lora_lr = float(next(r["lr"] for r in ch07 if r["chosen"] == "1"))
     model, tok, history = run("lora", lora_lr, 0, losses, t0)
     answers["lora"] = answer(model, tok, "test")

@@ -36,7 +36,6 @@ over both tasks; only the chosen setting is scored on test. Every run is a row o
 from __future__ import annotations
 
 import argparse
-import csv
 import pathlib
 import statistics
 import sys
@@ -48,9 +47,9 @@ from minilora.course.models import load_encoder
 from minilora.task_vectors import merge_task_vectors, task_vector
 
 if __package__:  # python -m tools.sweep_ch11, or imported as tools.sweep_ch11
-    from .results_csv import write_results
+    from .results_csv import read_results, write_results
 else:  # python tools/sweep_ch11.py: Python puts tools/ first on sys.path
-    from results_csv import write_results
+    from results_csv import read_results, write_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "ch11_sweep.csv"
@@ -208,16 +207,16 @@ def main() -> None:
     base.eval()
     command = f"python tools/sweep_ch11.py --seeds {' '.join(map(str, args.seeds))}"
     if args.merges_only:
-        lines = OUT.read_text().splitlines()
         suffix = " (merges: --merges-only)"
-        command = lines[0].removeprefix("# written by: ").removesuffix(suffix) + suffix
-        rows = [r for r in csv.DictReader(lines[1:]) if r["method"].endswith("adapter")]
+        command = OUT.read_text().splitlines()[0].removeprefix("# written by: ").removesuffix(suffix) + suffix
+        old = read_results(OUT)
+        rows = [r for r in old if r["method"].endswith("adapter")]
         seeds = sorted({int(r["seed"]) for r in rows})
         if seeds != sorted(args.seeds):
             raise SystemExit(f"{OUT.name} was trained with seeds {seeds}: pass --seeds {' '.join(map(str, seeds))}.")
         chosen = retrain_chosen(base, tokenizer, rows, args.seeds)
         known = {(r["method"], r["lambda"], r["density"], int(r["seed"])): r
-                 for r in csv.DictReader(lines[1:]) if not r["method"].endswith("adapter")}
+                 for r in old if not r["method"].endswith("adapter")}
     else:
         rows, chosen, known = *train_rows(base, tokenizer, args.seeds), None
     rows += merge_rows(base, tokenizer, args.seeds, chosen, known)
