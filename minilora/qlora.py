@@ -30,7 +30,7 @@ from transformers.pytorch_utils import Conv1D
 from .config import name_matches
 from .counting import model_nbytes
 from .layers import LoRALayer, LoRALinear
-from .merge import check_not_merged
+from .merge import _set_module, check_not_merged
 from .quant import NF4Tensor, check_blocksize, dequantize_nf4, quantize_nf4
 from .targets import output_head_names, short_names
 from .utils import check_bool, check_int
@@ -220,8 +220,7 @@ def quantize_model_nf4(model: nn.Module, skip: Sequence[str] | None = None, bloc
         except (TypeError, ValueError) as e:
             raise type(e)(f"cannot quantize {name}: {e} The model was left as it was.") from None
     for name, layer in new.items():
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, layer)
+        _set_module(model, name, layer)
     report.bytes_after = model_nbytes(model)
     model.nf4_report = report
     return model
@@ -251,8 +250,6 @@ def dequantize_model_nf4(model: nn.Module, dtype: Optional[torch.dtype] = None) 
                          "quantize_model_nf4(model) is what makes them.")
     new = {n: model.get_submodule(n).to_linear(dtype).requires_grad_(False) for n in names}  # all, then swap
     for name, layer in new.items():
-        parent, _, child = name.rpartition(".")
-        layer.train(model.get_submodule(name).training)
-        setattr(model.get_submodule(parent) if parent else model, child, layer)
+        _set_module(model, name, layer.train(model.get_submodule(name).training))
     model.__dict__.pop("nf4_report", None)
     return model
