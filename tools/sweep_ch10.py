@@ -137,11 +137,10 @@ def save(out: list[dict], losses: list[dict], answers: dict[str, list[str]]) -> 
     write_results(OUT, "python tools/sweep_ch10.py", FIELDS, out)
 
 
-def lora_extension(out: list[dict], losses: list[dict], t0: float) -> None:
+def lora_extension(out: list[dict], losses: list[dict], t0: float, ch07: list[dict]) -> None:
     """LoRA seed 0 on validation at each rate of ``LORA_EXTENSION``; refuse to go on if one beats chapter 07's
-    choice (its rows would then need the test seeds of a new rate)."""
+    choice (``ch07``: its LoRA rows; they would then need the test seeds of a new rate)."""
     validation = load_instructions("validation")
-    ch07 = [r for r in read_results(CH07) if r["run"] == "lora"]
     chosen = next(r for r in ch07 if r["chosen"] == "1" and r["split"] == "validation" and r["skill"] == "overall")
     for lr in LORA_EXTENSION:
         model, tok, history = run("lora", lr, 0, losses, t0)
@@ -164,7 +163,7 @@ def main() -> None:
         for line in ANSWERS.read_text().splitlines():
             a = json.loads(line)
             answers.setdefault(a["run"], []).append(a["answer"])
-        lora_extension(out, losses, t0)
+        lora_extension(out, losses, t0, [r for r in read_results(CH07) if r["run"] == "lora"])
         save(sorted(out, key=lambda r: ["prompt", "prefix", "lora"].index(r["run"])), losses, answers)
         print(f"added the LoRA extension to {OUT.name} and {LOSSES.name}", file=sys.stderr)
         return
@@ -194,8 +193,8 @@ def main() -> None:
             del model
         del kept
         save(out, losses, answers)  # after each method: a later failure keeps what is done
-    lora_extension(out, losses, t0)
     ch07 = [r for r in read_results(CH07) if r["run"] == "lora"]
+    lora_extension(out, losses, t0, ch07)
     lora_lr = float(next(r["lr"] for r in ch07 if r["chosen"] == "1"))
     model, tok, history = run("lora", lora_lr, 0, losses, t0)
     answers["lora"] = answer(model, tok, "test")

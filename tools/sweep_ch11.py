@@ -89,6 +89,12 @@ def choose(rows: list[dict], keys: tuple[str, ...]) -> tuple:
     return max(settings, key=lambda s: statistics.mean(score(r) for r in rows if tuple(r[k] for k in keys) == s))
 
 
+def single_task(task: str, lr: float, seed: int) -> tuple[dict, dict]:
+    """A single-task adapter trained with the chapter's protocol: its task vector and its head."""
+    run = train_task(task, SINGLE, lr, seed, progress=False)
+    return task_vector(run.model), {task: run.model.classifier.modules_to_save["default"]}
+
+
 def retrain_chosen(base, tokenizer, rows: list[dict], seeds: list[int]) -> dict:
     """The chosen sentiment and domain adapters of ``rows``, trained again; their validation accuracies
     must equal the file's (training is deterministic), or the merges would not be of the file's adapters."""
@@ -97,8 +103,7 @@ def retrain_chosen(base, tokenizer, rows: list[dict], seeds: list[int]) -> dict:
         for r in rows:
             if r["method"] != method or r["chosen"] != "1" or int(r["seed"]) not in chosen:
                 continue
-            run = train_task(task, SINGLE, float(r["lr"]), int(r["seed"]), progress=False)
-            vector, heads = task_vector(run.model), {task: run.model.classifier.modules_to_save["default"]}
+            vector, heads = single_task(task, float(r["lr"]), int(r["seed"]))
             val = task_accuracies(base, tokenizer, vector, heads, "validation")[task]
             if abs(val - float(r[f"val_{task}"])) > 1e-4:
                 raise SystemExit(f"{method} seed {r['seed']}: validation {val:.4f} here, {r[f'val_{task}']} in "
@@ -121,8 +126,7 @@ def train_rows(base, tokenizer, seeds: list[int]) -> tuple[list[dict], dict]:
                     run = train_multitask(MULTI, lr, seed)
                     runs[lr, seed] = (task_vector(run.model), dict(run.heads))
                 else:
-                    run = train_task(task, SINGLE, lr, seed, progress=False)
-                    runs[lr, seed] = (task_vector(run.model), {task: run.model.classifier.modules_to_save["default"]})
+                    runs[lr, seed] = single_task(task, lr, seed)
                 val = task_accuracies(base, tokenizer, *runs[lr, seed], "validation")  # base + ΔW, the run's head(s)
                 mine.append(row(method, seed, val, lr=lr))
                 print(f"  {method:<18} lr {lr:<7g} seed {seed}: validation "
@@ -142,11 +146,11 @@ def train_rows(base, tokenizer, seeds: list[int]) -> tuple[list[dict], dict]:
 def merge_rows(base, tokenizer, seeds: list[int], chosen: dict, known: dict | None = None) -> list[dict]:
     """Every merge of every seed's chosen adapters, on validation (and the unchosen settings' test fields
     empty). ``known``: rows already computed from the same adapters, by (method, lambda, density, seed);
-    those are taken as they are instead of evaluated again."""
+    those are taken as they are: neither merged nor evaluated again."""
     known = known or {}
     rows = []
 
-    def add(method, seed, lam, density, vector, heads, with_test=False):
+    def add(method, seed, lam, density, merge, heads, with_test=False):  # merge: () -> the merged vector
         key = (method, "" if lam is None else f"{lam:g}", "" if density is None else f"{density:g}", seed)
         if key in known and (known[key]["test_sentiment"] or not with_test):
             old = dict(known[key], seed=seed)
@@ -154,6 +158,7 @@ def merge_rows(base, tokenizer, seeds: list[int], chosen: dict, known: dict | No
                 old.update(test_sentiment="", test_domain="", chosen=0)
             rows.append(old)
             return
+        vector = merge()
         val = task_accuracies(base, tokenizer, vector, heads, "validation")
         test = task_accuracies(base, tokenizer, vector, heads, "test") if with_test else None
         rows.append(row(method, seed, val, test, lam="" if lam is None else lam,
@@ -163,19 +168,19 @@ def merge_rows(base, tokenizer, seeds: list[int], chosen: dict, known: dict | No
         t = time.perf_counter()
         (ts, hs), (td, hd) = chosen[seed]["sentiment adapter"], chosen[seed]["domain adapter"]
         heads = {**hs, **hd}
-        add("heads only", seed, None, None, None, heads, with_test=True)
+        add("heads only", seed, None, None, lambda: None, heads, with_test=True)
         for lam in LAMBDAS:
-            add("task arithmetic", seed, lam, None, merge_task_vectors([ts, td], [lam, lam]), heads)
+            add("task arithmetic", seed, lam, None, lambda lam=lam: merge_task_vectors([ts, td], [lam, lam]), heads)
         for kind, densities in DENSITIES.items():
             for density in densities:
                 for lam in MERGE_LAMBDAS:
-                    add(NAMES[kind], seed, lam, density,
+                    add(NAMES[kind], seed, lam, density, lambda kind=kind, density=density, lam=lam:
                         merge_task_vectors([ts, td], [lam, lam], kind, density, seed=seed), heads)
         noise = random_like(ts, seed)
         for method, removed in (("negation", ts), ("negation (random)", noise)):
             for lam in NEGATION_LAMBDAS:  # no choice is made: lambda = 1 is scored on test
-                add(method, seed, -lam, None, merge_task_vectors([removed, td], [-lam, 1.0]), heads,
-                    with_test=lam == 1.0)
+                add(method, seed, -lam, None, lambda removed=removed, lam=lam:
+                    merge_task_vectors([removed, td], [-lam, 1.0]), heads, with_test=lam == 1.0)
         print(f"  merges, seed {seed}: {time.perf_counter() - t:.0f} s", flush=True)
     for method, keys in (("task arithmetic", ("lambda",)), ("TIES", ("density", "lambda")),
                          ("DARE-TIES", ("density", "lambda"))):
