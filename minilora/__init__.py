@@ -14,6 +14,7 @@ package, each holding one idea and naming the chapter that teaches it:
 * chapter 09: ``analysis``, ``loraplus``, ``dora`` and ``pissa``;
 * chapter 10: ``prompting_config``, ``prompting`` and ``prompting_io``;
 * chapter 11: ``merging`` (TIES, DARE) and ``task_vectors``;
+* chapter 13: ``serving`` (``mixed_batch``: a different adapter per row) and ``punica`` (BGMV, SGMV);
 * shared: ``errors`` (the error vocabulary: ``TypeError`` for a wrong type, ``ValueError`` for a wrong
   value, ``UnknownAdapterError``, ``AdapterFileError``; docs/errors.md), ``files`` (an adapter folder's
   file names, atomic writes) and ``utils`` (``seed_everything``, the argument checks).
@@ -68,6 +69,7 @@ from .layers import LoRALayer, LoRALinear  # noqa: E402
 from .loraplus import create_loraplus_optimizer  # noqa: E402
 from .prompting import PrefixTuningConfig, PromptTuningConfig, add_prompt_learning  # noqa: E402
 from .qlora import LinearNF4, quantize_model_nf4  # noqa: E402
+from .serving import mixed_batch  # noqa: E402
 from .train import History, evaluate, fit, train_step  # noqa: E402
 from .utils import seed_everything  # noqa: E402
 
@@ -82,7 +84,7 @@ __all__ = [
     "combination_report",
     "save_adapter", "load_adapter", "get_peft_model_state_dict", "set_peft_model_state_dict",
     "UnknownAdapterError", "AdapterFileError",
-    "LinearNF4", "quantize_model_nf4",
+    "LinearNF4", "quantize_model_nf4", "mixed_batch",
     "PromptTuningConfig", "PrefixTuningConfig", "add_prompt_learning",
     "fit", "train_step", "evaluate", "History", "create_loraplus_optimizer", "seed_everything",
 ]

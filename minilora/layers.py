@@ -28,9 +28,10 @@ defaults are plain LoRA: ``update_layer`` asks ``resolve_lora_variant`` for the 
 calls its ``check`` before changing anything and its ``init`` once A and B exist; the layer's ``forward``,
 ``merge``, ``unmerge`` and ``get_delta_weight`` call the variant's method of the same name. DoRA
 (``use_dora=True``, ``minilora.dora.DoraVariant``) overrides forward and merging, PiSSA
-(``init_lora_weights="pissa"``, ``minilora.pissa.PissaVariant``) init. A new feature (chapter 13's
-mixed-adapter batches, chapter 14's intruder dimensions) is a variant that a subclass's
-``resolve_lora_variant`` returns. The layer guarantees to a variant:
+(``init_lora_weights="pissa"``, ``minilora.pissa.PissaVariant``) init. A new feature (chapter 14's
+intruder dimensions) is a variant that a subclass's ``resolve_lora_variant`` returns. A mixed-adapter
+batch (chapter 13, ``minilora.serving``) belongs to one forward pass, not to one adapter: while it lasts,
+``_mixed_batch`` holds its plan and ``forward`` hands the input to it. The layer guarantees to a variant:
 
 * the containers ``adapter_layer_names`` (``lora_A``, ``lora_B``, ``lora_magnitude_vector``) exist from
   ``__init__`` and never change; an empty one adds no ``state_dict`` key. What a variant trains lives in
@@ -94,6 +95,7 @@ class LoRALayer(nn.Module):
         self.active_adapters: list[str] = []
         self.merged_adapters: list[str] = []
         self._disable_adapters = False
+        self._mixed_batch = None  # chapter 13: the rows' adapters while `with minilora.mixed_batch(...)` is open
 
     @staticmethod
     def refuse_lora(base_layer: nn.Module) -> None:
@@ -329,6 +331,8 @@ class LoRALayer(nn.Module):
                 weight.copy_(self.lora_variant[n].unmerge(self, n, weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._mixed_batch is not None:  # row i uses its own adapter (minilora.serving, chapter 13)
+            return self._mixed_batch.forward(self, x)
         result = self.base_layer(x)
         for n in self._live_adapters():
             result = self.lora_variant[n].forward(self, n, x, result).to(result.dtype)

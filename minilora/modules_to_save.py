@@ -37,6 +37,7 @@ class ModulesToSaveWrapper(nn.Module):
         self.modules_to_save = nn.ModuleDict()
         self.active_adapter: str | None = None
         self.disabled = False
+        self._mixed_batch = None  # chapter 13: the rows' adapters while `with minilora.mixed_batch(...)` is open
         self.update(adapter_name)
 
     def update(self, adapter_name: str) -> None:
@@ -67,6 +68,8 @@ class ModulesToSaveWrapper(nn.Module):
             m.requires_grad_(enabled and n == self.active_adapter)
 
     def forward(self, *args, **kwargs):
+        if self._mixed_batch is not None:  # each row's own copy (minilora.serving, chapter 13)
+            return self._mixed_batch.forward_saved(self, *args, **kwargs)
         if self.disabled or self.active_adapter is None:
             return self.original_module(*args, **kwargs)
         return self.modules_to_save[self.active_adapter](*args, **kwargs)
