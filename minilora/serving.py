@@ -60,6 +60,7 @@ class MixedBatch:
         self.index = index
         self.order = torch.argsort(index, stable=True)  # rows sorted by adapter (SGMV)
         self.segments = segments(index[self.order])  # (start, length, adapter) in rows
+        self.layer_ids = {id(layer) for layer in layers}
         self.stacks = {}
         if kernel != "loop":
             self.stacks = {id(layer): stack_adapters(layer, self.adapters) for layer in layers
@@ -158,13 +159,24 @@ def _check(model: nn.Module, adapter_names, kernel: str) -> list[LoRALayer]:
 
 
 @contextmanager
-def mixed_batch(model: nn.Module, adapter_names: Sequence[str], kernel: str = "loop") -> Iterator[MixedBatch]:
+def mixed_batch(model: nn.Module, adapter_names: Sequence[str] | MixedBatch,
+                kernel: str = "loop") -> Iterator[MixedBatch]:
     """Inside ``with mixed_batch(model, adapter_names):`` row i of every forward pass (and of ``generate``)
     uses adapter ``adapter_names[i]``; ``"__base__"`` rows use no adapter. ``kernel`` is ``"loop"`` (PEFT's),
     ``"bgmv"`` or ``"sgmv"`` (Punica's); all three compute the same numbers. The model must be in eval mode
-    with no merged adapter. Yields the ``MixedBatch`` plan; on leaving, the model is as it was."""
+    with no merged adapter. Yields the ``MixedBatch`` plan; on leaving, the model is as it was.
+
+    A plan yielded before can be passed instead of the names (its kernel is used), to skip building the
+    stacks again, as a server keeps its stacked adapters between batches; reuse it only while the
+    adapters' weights are unchanged."""
+    reused = adapter_names if isinstance(adapter_names, MixedBatch) else None
+    if reused is not None:
+        adapter_names, kernel = reused.names, reused.kernel
     layers = _check(model, adapter_names, kernel)
-    plan = MixedBatch(list(adapter_names), kernel, layers)
+    if reused is not None and reused.layer_ids != {id(layer) for layer in layers}:
+        raise ValueError("this MixedBatch plan was built for another model (or before layers were added); "
+                         "open mixed_batch(model, names) to build a new one.")
+    plan = reused or MixedBatch(list(adapter_names), kernel, layers)
     modules = layers + [m for m in model.modules() if isinstance(m, ModulesToSaveWrapper)]
     for m in modules:
         m._mixed_batch = plan

@@ -237,3 +237,19 @@ def test_leaving_the_context_restores_the_model_even_after_an_error(tiny):
     torch.testing.assert_close(tiny.logits(model), logits, atol=0, rtol=0)
     heads = [m for m in model.modules() if isinstance(m, minilora.modules_to_save.ModulesToSaveWrapper)]
     assert heads and all(h._mixed_batch is None for h in heads)
+
+
+def test_a_plan_can_be_reused_but_not_on_another_model(tiny):
+    model = build(tiny, "llama")
+    x = ids()
+    with torch.no_grad():
+        with mixed_batch(model, ROWS, kernel="bgmv") as plan:
+            first = model(input_ids=x).logits
+        with mixed_batch(model, plan) as again:  # the stacks are not built again
+            assert again is plan and again.kernel == "bgmv"
+            torch.testing.assert_close(model(input_ids=x).logits, first, atol=0, rtol=0)
+    other = build(tiny, "llama")
+    with pytest.raises(ValueError, match="another model"):
+        with mixed_batch(other, plan):
+            pass
+    assert all(layer._mixed_batch is None for _, layer in minilora.lora_layers(other))
