@@ -15,6 +15,7 @@ package, each holding one idea and naming the chapter that teaches it:
 * chapter 10: ``prompting_config``, ``prompting`` and ``prompting_io``;
 * chapter 11: ``merging`` (TIES, DARE) and ``task_vectors``;
 * chapter 13: ``serving`` (``mixed_batch``: a different adapter per row) and ``punica`` (BGMV, SGMV);
+* chapter 14: ``intruders`` (``reduce_intruder_dimension``, PEFT's function);
 * shared: ``errors`` (the error vocabulary: ``TypeError`` for a wrong type, ``ValueError`` for a wrong
   value, ``UnknownAdapterError``, ``AdapterFileError``; docs/errors.md), ``files`` (an adapter folder's
   file names, atomic writes) and ``utils`` (``seed_everything``, the argument checks).
@@ -64,6 +65,7 @@ from .inject import (  # noqa: E402
     unload,
     unmerge_adapter,
 )
+from .intruders import reduce_intruder_dimension  # noqa: E402
 from .io import get_peft_model_state_dict, load_adapter, save_adapter, set_peft_model_state_dict  # noqa: E402
 from .layers import LoRALayer, LoRALinear  # noqa: E402
 from .loraplus import create_loraplus_optimizer  # noqa: E402
@@ -84,7 +86,7 @@ __all__ = [
     "combination_report",
     "save_adapter", "load_adapter", "get_peft_model_state_dict", "set_peft_model_state_dict",
     "UnknownAdapterError", "AdapterFileError",
-    "LinearNF4", "quantize_model_nf4", "mixed_batch",
+    "LinearNF4", "quantize_model_nf4", "mixed_batch", "reduce_intruder_dimension",
     "PromptTuningConfig", "PrefixTuningConfig", "add_prompt_learning",
     "fit", "train_step", "evaluate", "History", "create_loraplus_optimizer", "seed_everything",
 ]
