@@ -1,0 +1,81 @@
+"""Chapter 07's training protocol, reusable, with checkpoints: learning, forgetting and intruders.  (Chapter 14)
+
+``train`` is chapter 07's training exactly (SmolLM2-135M-Instruct, 30 AdamW steps of 8 length-grouped
+instructions, seeded), for a LoRA ``LoRAConfig`` or ``"full"`` fine-tuning, with one optimizer throughout and
+an evaluation after each checkpoint's steps. ``task_scores`` is chapter 07's exact match and "contains" on a
+split; ``forgetting`` the two measures of ``minilora.course.forgetting``; ``intruders`` counts intruder
+dimensions (``minilora.intruders``) per layer type. ``tools/sweep_ch14.py`` runs them for every setup and
+learning rate; chapter 14 runs one again and checks that it agrees with the file.
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..inject import inject_lora, lora_layers
+from ..instruct import ChatCollator, answer_rows, evaluate_contains, evaluate_exact_match, token_budgets
+from ..intruders import intruder_dimensions
+from ..train import fit
+from ..utils import seed_everything
+from .data import length_grouped_batches, load_instructions
+from .forgetting import continuation_nll, quiz_accuracy
+from .models import load_chat_model
+
+__all__ = ["STEPS", "BATCH", "CHECKPOINTS", "train", "forgetting", "task_scores", "intruders"]
+
+STEPS, BATCH, WINDOW, CHECKPOINTS = 30, 8, 4, (10, 20, 30)
+
+
+def train(setup, lr: float, seed: int, evaluate) -> tuple[torch.nn.Module, object, list[dict]]:
+    """Chapter 07's training; ``evaluate(model)`` after each checkpoint's steps gives the checkpoint's row."""
+    model, tok = load_chat_model()
+    seed_everything(seed)
+    if setup == "full":
+        model.requires_grad_(True)
+    else:
+        inject_lora(model, setup)
+    rows = load_instructions("train")
+    collate = ChatCollator(tok)
+    lengths = [len(collate.encode(r)["input_ids"]) for r in rows]
+    batches = length_grouped_batches(lengths, batch_size=BATCH, seed=seed, window=WINDOW)[:STEPS]
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    out, done = [], 0
+    for step in CHECKPOINTS:
+        loader = DataLoader(rows, batch_sampler=batches[done:step], collate_fn=collate)
+        history = fit(model, loader, epochs=1, optimizer=optimizer, progress=False)
+        done = step
+        out.append({"step": step, "train_loss": f"{sum(history.train_loss) / len(history.train_loss):.4f}",
+                    **evaluate(model, tok)})
+    return model, tok, out
+
+
+def forgetting(model, tok) -> dict:
+    model.eval()
+    return {"quiz_accuracy": f"{quiz_accuracy(model, tok):.2f}", "neutral_nll": f"{continuation_nll(model, tok):.4f}"}
+
+
+def task_scores(model, tok, split: str) -> tuple[float, float]:
+    rows = load_instructions(split)
+    answers = answer_rows(model, tok, rows, token_budgets(tok, load_instructions("train")), batch_size=64)
+    return evaluate_exact_match(answers, rows)["overall"], evaluate_contains(answers, rows)["overall"]
+
+
+def intruders(model, base) -> dict:
+    """Intruders in the top 10 of every adapted (or, for full fine-tuning, every) attention and MLP linear layer."""
+    counts = {"attention": [0, 0], "mlp": [0, 0]}
+    base_weights = {n: m.weight for n, m in base.named_modules() if isinstance(m, torch.nn.Linear)}
+    lora = dict(lora_layers(model))
+    for name, W in base_weights.items():
+        kind = "attention" if ".self_attn." in name else "mlp" if ".mlp." in name else None
+        if kind is None:
+            continue
+        if lora:
+            if name not in lora:
+                continue
+            merged = W + lora[name].get_delta_weight(lora[name].active_adapter)
+        else:
+            merged = model.get_submodule(name).weight
+        counts[kind][0] += len(intruder_dimensions(W.detach(), merged.detach(), top_k=10, threshold_epsilon=0.5)[0])
+        counts[kind][1] += 1
+    return {"intruders_attention": counts["attention"][0], "layers_attention": counts["attention"][1],
+            "intruders_mlp": counts["mlp"][0], "layers_mlp": counts["mlp"][1]}
