@@ -164,3 +164,10 @@ def test_random_like_matches_each_layers_norm_and_is_seeded():
     assert abs(cos) < 0.9  # a direction of its own
     with pytest.raises(ValueError):
         random_like(vector, seed=-1)
+
+
+def test_train_task_refuses_a_bad_batch_size_before_loading_anything():
+    with pytest.raises(ValueError, match="batch_size"):
+        train_task("sentiment", "full", 1e-4, steps=1, batch_size=0)
+    with pytest.raises(TypeError, match="batch_size"):
+        train_task("sentiment", "full", 1e-4, steps=1, batch_size=4.0)

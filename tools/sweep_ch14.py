@@ -44,8 +44,10 @@ from minilora.course.chat_runs import STEPS, forgetting, intruders, task_scores,
 from minilora.course.models import cache_dir, load_chat_model
 
 if __package__:  # python -m tools.sweep_ch14
+    from .ladder import choose_rate
     from .results_csv import write_results
 else:  # python tools/sweep_ch14.py
+    from ladder import choose_rate
     from results_csv import write_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -88,27 +90,22 @@ def run_rows(name, setup, lr, seed, split, log, trained=None) -> tuple[list[dict
 
 def choose(name, setup, log) -> tuple[float, list[dict], object]:
     """The rate chosen on validation, the rows, and the chosen rate's seed-0 run (model, tok, checkpoints)."""
-    ladder = FULL_LADDER if setup == "full" else LORA_LADDER
-    tried, rows, runs = {}, [], {}
-    todo = list(START["full" if setup == "full" else "lora"])
-    for _ in range(3):  # the start, then at most two extensions
-        for lr in todo:
-            r, scores, runs[lr] = run_rows(name, setup, lr, 0, "validation", log)
-            rows += r
-            tried[lr] = scores
-        best = max(tried, key=lambda lr: (tried[lr][0], tried[lr][1], -lr))
-        runs = {best: runs[best]}  # keep only the best run so far (memory)
-        grid = sorted(tried)
-        i = ladder.index(best)
-        if best == grid[0] and i > 0:
-            todo = [ladder[i - 1]]
-        elif best == grid[-1] and i < len(ladder) - 1:
-            todo = [ladder[i + 1]]
-        else:
-            break
+    rows, scored, kept = [], {}, {}
+
+    def score(lr: float) -> tuple:
+        r, scores, run = run_rows(name, setup, lr, 0, "validation", log)
+        rows.extend(r)
+        scored[lr] = scores
+        if max(scored, key=lambda x: (*scored[x], -x)) == lr:  # keep only the best run so far (memory)
+            kept.clear()
+            kept[lr] = run
+        return scores
+
+    kind = "full" if setup == "full" else "lora"
+    best, _ = choose_rate(score, START[kind], FULL_LADDER if setup == "full" else LORA_LADDER)
     for row in rows:
         row["chosen"] = int(float(row["lr"]) == best)
-    return best, rows, runs[best]
+    return best, rows, kept[best]
 
 
 def main() -> None:

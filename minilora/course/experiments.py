@@ -113,15 +113,17 @@ def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sc
 
 def train_task(task: str, setup: LoRAConfig | str, lr: float, seed: int = 0, steps: int = STEPS, name: str = "",
                progress: bool = True, loraplus_lr_ratio: float | None = None,
-               head_lr: float | None = None) -> SentimentRun:
+               head_lr: float | None = None, batch_size: int = BATCH) -> SentimentRun:
     """Train one configuration on ``task`` with the chapter's protocol (module docstring).
 
     With ``loraplus_lr_ratio`` (chapter 09) the optimiser is LoRA+'s: ``lr`` for the A matrices and the
     head's weight, ``lr * loraplus_lr_ratio`` for the B matrices and every 1-D parameter (the head's bias
     included), as PEFT groups them. With ``head_lr`` as well, the trained head (``modules_to_save``),
     weight and bias, leaves those groups for one of its own at ``head_lr``: LoRA+'s ratio then acts on
-    the adapters alone, and the head trains as it does in plain LoRA at that rate."""
+    the adapters alone, and the head trains as it does in plain LoRA at that rate. ``batch_size`` (chapter 14)
+    changes the batches, not the rest of the protocol: pass ``steps`` for the number of examples you want seen."""
     _check_run(lr, steps)
+    check_int(batch_size, "batch_size")
     if head_lr is not None:
         check_number(head_lr, "head_lr", low=0, low_open=True)
         if loraplus_lr_ratio is None:
@@ -129,8 +131,8 @@ def train_task(task: str, setup: LoRAConfig | str, lr: float, seed: int = 0, ste
                              "too, or leave head_lr=None (without LoRA+ the head trains at lr).")
     model, tokenizer = build_model(setup, seed, task)
     trainable, total = get_nb_trainable_parameters(model)
-    loader = make_loader(load_sentiment("train"), tokenizer, task=task, batch_size=BATCH, shuffle=True, seed=seed,
-                         group_by_length=True)
+    loader = make_loader(load_sentiment("train"), tokenizer, task=task, batch_size=batch_size, shuffle=True,
+                         seed=seed, group_by_length=True)
     if loraplus_lr_ratio is None:
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     elif isinstance(setup, LoRAConfig):
