@@ -27,7 +27,9 @@ and at the end, **intruder dimensions** (``minilora.intruders.intruder_dimension
 W + dW against W in every adapted layer (for full fine-tuning: every linear layer of the blocks), counted
 per layer type.
 
-Rows go to ``results/ch14_sweep.csv`` (one per run and checkpoint); its first line names the command. The
+Rows go to ``results/ch14_sweep.csv`` (one per run and checkpoint); its first line names the command.
+``--extend SETUP ...`` continues a setup's ladder from the rates its rows tried (for a rate chosen at an end of
+the ladder as it was), and replaces its rows. The
 adapters of the chosen rate's three seeds are saved (PEFT's files) under ``ADAPTERS`` in the course's model
 cache, so that later analyses (intruder dimensions per layer, ``reduce_intruder_dimension``'s lambda) start
 from the very adapters the table scores, without training them again.
@@ -45,10 +47,10 @@ from minilora.course.models import cache_dir, load_chat_model
 
 if __package__:  # python -m tools.sweep_ch14
     from .ladder import choose_rate
-    from .results_csv import write_results
+    from .results_csv import read_results, write_results
 else:  # python tools/sweep_ch14.py
     from ladder import choose_rate
-    from results_csv import write_results
+    from results_csv import read_results, write_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "ch14_sweep.csv"
@@ -63,8 +65,8 @@ SETUPS = {
     "LoRA r=8 all-linear": LoRAConfig(r=8, lora_alpha=16, target_modules="all-linear"),
     "full": "full",
 }
-LORA_LADDER = [2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2]
-FULL_LADDER = [5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4]
+LORA_LADDER = [2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2]
+FULL_LADDER = [2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4]
 START = {"lora": [5e-4, 1e-3, 2e-3], "full": [1e-5, 2e-5, 5e-5]}
 SEEDS = [0, 1, 2]
 FIELDS = ["setup", "trainable", "lr", "seed", "step", "train_loss", "quiz_accuracy", "neutral_nll", "split",
@@ -108,11 +110,51 @@ def choose(name, setup, log) -> tuple[float, list[dict], object]:
     return best, rows, kept[best]
 
 
+def extend(name: str, log, command: str) -> None:
+    """Continue ``name``'s ladder from the rates its rows in ``OUT`` tried, while the best is at an end; if the
+    chosen rate changes, train and test its three seeds again. The setup's rows in ``OUT`` are replaced."""
+    rows, setup = read_results(OUT), SETUPS[name]
+    done = {float(r["lr"]): r for r in rows if r["setup"] == name and r["split"] == "validation" and r["step"] == "30"}
+    old = next(float(r["lr"]) for r in done.values() if r["chosen"] == "1")
+    new_rows = [r for r in rows if r["setup"] == name and r["split"] == "validation"]
+
+    def score(lr: float) -> tuple:
+        if lr in done:
+            return float(done[lr]["exact_match"]), float(done[lr]["contains"])
+        r, scores, _ = run_rows(name, setup, lr, 0, "validation", log)
+        new_rows.extend(r)
+        return scores
+
+    best, _ = choose_rate(score, sorted(done), FULL_LADDER if setup == "full" else LORA_LADDER, extensions=4)
+    for row in new_rows:
+        row["chosen"] = int(float(row["lr"]) == best)
+    if best == old:
+        new_rows += [r for r in rows if r["setup"] == name and r["split"] == "test"]
+    else:
+        for seed in SEEDS:
+            test_rows, _, (model, _, _) = run_rows(name, setup, best, seed, "test", log)
+            new_rows += [{**row, "chosen": 1} for row in test_rows]
+            if setup != "full":
+                minilora.save_adapter(model, ADAPTERS / name.replace(" ", "_").replace(",", "") / f"seed{seed}")
+    first = next(i for i, r in enumerate(rows) if r["setup"] == name)
+    rest = [r for r in rows if r["setup"] != name]
+    write_results(OUT, command, FIELDS, rest[:first] + new_rows + rest[first:])
+    log(f"{name}: chosen {best:g} (was {old:g})")
+
+
 def main() -> None:
     t0 = time.perf_counter()
 
     def log(msg: str) -> None:
         print(f"[{(time.perf_counter() - t0) / 60:5.1f} min] {msg}", flush=True)
+
+    if len(sys.argv) > 2 and sys.argv[1] == "--extend":
+        names = sys.argv[2:]
+        quoted = " ".join(f"'{n}'" for n in names)
+        command = f"python -m tools.sweep_ch14 && python -m tools.sweep_ch14 --extend {quoted}"
+        for name in names:
+            extend(name, log, command)
+        return
 
     base, tok = load_chat_model()
     out = [{"setup": "base", "trainable": 0, "lr": "", "seed": "", "step": 0, "train_loss": "", **forgetting(base, tok),
