@@ -10,8 +10,10 @@ def peaked(at):
     return lambda lr: (-abs(LADDER.index(lr) - LADDER.index(at)),)
 
 
-@pytest.mark.parametrize("peak, tried", [(5e-4, [2e-4, 5e-4, 1e-3]), (1e-4, [1e-4, 2e-4, 5e-4, 1e-3]),
-                                         (2e-3, [2e-4, 5e-4, 1e-3, 2e-3, 5e-3]), (1e-2, [2e-4, 5e-4, 1e-3, 2e-3, 5e-3])])
+@pytest.mark.parametrize("peak, tried", [
+    (5e-4, [2e-4, 5e-4, 1e-3]), (1e-4, [1e-4, 2e-4, 5e-4, 1e-3]),
+    (2e-3, [2e-4, 5e-4, 1e-3, 2e-3, 5e-3]), (1e-2, [2e-4, 5e-4, 1e-3, 2e-3, 5e-3]),
+])
 def test_extends_towards_the_peak_at_most_twice(peak, tried):
     best, scores = choose_rate(peaked(peak), [2e-4, 5e-4, 1e-3], LADDER)
     assert sorted(scores) == tried
