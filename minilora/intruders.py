@@ -43,14 +43,19 @@ from .utils import check_int, check_number
 __all__ = ["intruder_dimensions", "reduce_intruder_dimension"]
 
 
+def _intruders(W: torch.Tensor, W_merged: torch.Tensor, top_k: int, threshold_epsilon: float):
+    """(intruder indices, every new direction's largest |cos| with W's, and W_merged's SVD U, S, V^T), in fp32."""
+    U_base = torch.linalg.svd(W.float(), full_matrices=False)[0]
+    U_merged, S_merged, Vh_merged = torch.linalg.svd(W_merged.float(), full_matrices=False)
+    cos_sim = (U_merged.T @ U_base).abs().max(dim=1).values  # (min(out, in),) best match of each new direction
+    return torch.where(cos_sim[:top_k] < threshold_epsilon)[0].tolist(), cos_sim, U_merged, S_merged, Vh_merged
+
+
 def intruder_dimensions(W: torch.Tensor, W_merged: torch.Tensor, top_k: int = 10,
                         threshold_epsilon: float = 0.5) -> tuple[list[int], torch.Tensor]:
     """The indices ``j < top_k`` of ``W_merged``'s left singular vectors whose largest |cosine| with any of
     ``W``'s is below ``threshold_epsilon``, and those largest |cosines| for every singular vector."""
-    U_base = torch.linalg.svd(W.float(), full_matrices=False)[0]
-    U_merged = torch.linalg.svd(W_merged.float(), full_matrices=False)[0]
-    cos_sim = (U_merged.T @ U_base).abs().max(dim=1).values  # (min(out, in),) best match of each new direction
-    return torch.where(cos_sim[:top_k] < threshold_epsilon)[0].tolist(), cos_sim
+    return _intruders(W, W_merged, top_k, threshold_epsilon)[:2]
 
 
 def _out_in(layer, weight: torch.Tensor) -> torch.Tensor:
@@ -64,9 +69,7 @@ def _mitigated_factors(layer, name: str, top_k: int, eps: float, lam: float) -> 
     dtype = W.dtype
     W_merged = (W + _out_in(layer, layer.get_delta_weight(name))).float()
     W = W.float()
-    U_base = torch.linalg.svd(W, full_matrices=False)[0]
-    U_merged, S_merged, V_merged = torch.linalg.svd(W_merged, full_matrices=False)  # V_merged is V^T
-    idx = torch.where((U_merged.T @ U_base).abs().max(dim=1).values[:top_k] < eps)[0].tolist()
+    idx, _, U_merged, S_merged, V_merged = _intruders(W, W_merged, top_k, eps)  # V_merged is V^T
     if not idx:
         return 0, None
     B_intruder = U_merged[:, idx] @ torch.diag(S_merged)[idx, :].sqrt()  # (out, k') @ (k', k): as PEFT writes it

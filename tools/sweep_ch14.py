@@ -36,6 +36,7 @@ from the very adapters the table scores, without training them again.
 """
 from __future__ import annotations
 
+import functools
 import pathlib
 import sys
 import time
@@ -74,12 +75,17 @@ FIELDS = ["setup", "trainable", "lr", "seed", "step", "train_loss", "quiz_accura
           "layers_mlp"]
 
 
+@functools.cache
+def base_model():
+    """The untrained SmolLM2, loaded once: the reference of every run's intruder count."""
+    return load_chat_model()[0]
+
+
 def run_rows(name, setup, lr, seed, split, log, trained=None) -> tuple[list[dict], tuple, object]:
     """Train (or take ``trained``: (model, tok, checkpoints)) and score on ``split``; the rows and the run."""
     model, tok, checkpoints = trained or train(setup, lr, seed, forgetting)
     scores = task_scores(model, tok, split)
-    base, _ = load_chat_model()
-    extra = intruders(model, base)
+    extra = intruders(model, base_model())
     trainable = minilora.get_nb_trainable_parameters(model)[0]
     rows = [{"setup": name, "trainable": trainable, "lr": f"{lr:g}", "seed": seed, **c, "split": split,
              "exact_match": f"{scores[0]:.1f}" if c["step"] == STEPS else "",
