@@ -94,6 +94,15 @@ def chat_tokenizer():
     return cached_tokenizer(CHAT_DIR)
 
 
+@pytest.fixture(scope="module")
+def needs_minilm():
+    """Skip the module, saying to run make assets, when MiniLM is not cached (``pytestmark = usefixtures``)."""
+    try:
+        model_path(ENCODER_DIR)
+    except AssetsMissing as err:
+        pytest.skip(str(err))
+
+
 @pytest.fixture(scope="session")
 def encoder_tokenizer():
     """all-MiniLM-L6-v2's tokenizer."""

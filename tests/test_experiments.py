@@ -15,7 +15,6 @@ from minilora.course.experiments import (
     train_sentiment,
     train_task,
 )
-from minilora.course.models import AssetsMissing, model_path
 
 #: Losses of train_sentiment(r=2 on query, lr=5e-3, seed=1, steps=3) and train_multitask(r=2 on query, lr=5e-3,
 #: seed=1, steps=4), recorded (CPU, torch 2.13) from the code that produced results/ before fit and
@@ -25,12 +24,7 @@ RECORDED_MULTITASK = {"sentiment": [0.6994873285293579, 0.6966691017150879],
                       "domain": [1.4083064794540405, 1.3421294689178467]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def needs_minilm():
-    try:
-        model_path("all-MiniLM-L6-v2")
-    except AssetsMissing as err:
-        pytest.skip(str(err))
+pytestmark = pytest.mark.usefixtures("needs_minilm")
 
 
 def test_every_setup_has_its_own_learning_rates():
