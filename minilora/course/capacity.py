@@ -52,6 +52,11 @@ def random_label_batches(tokenizer, n: int, seed: int, epoch: int | None = None,
     check_int(seed, "seed", minimum=0)
     check_int(epoch, "epoch", minimum=0, optional=True)
     check_int(batch_size, "batch_size")
+    return _batches(_inputs(tokenizer, n), seed, epoch, batch_size)
+
+
+def _inputs(tokenizer, n: int) -> list[tuple[int, ...]]:
+    """The token ids of the first ``n`` training reviews whose truncated ids are distinct."""
     texts, seen = [], set()
     for row in load_sentiment("train"):
         ids = tuple(tokenizer(row["text"], truncation=True, max_length=MAX_TOKENS)["input_ids"])
@@ -63,6 +68,12 @@ def random_label_batches(tokenizer, n: int, seed: int, epoch: int | None = None,
     else:
         raise ValueError(f"n={n} is more than the {len(texts)} distinct truncated training reviews: pass n <= "
                          f"{len(texts)}.")
+    return texts
+
+
+def _batches(texts: list[tuple[int, ...]], seed: int, epoch: int | None, batch_size: int
+             ) -> list[dict[str, torch.Tensor]]:
+    n = len(texts)
     labels = torch.randint(0, 2, (n,), generator=torch.Generator().manual_seed(seed))
     if epoch is None:
         order = torch.arange(n)
@@ -112,14 +123,17 @@ def memorize(setup: LoRAConfig | str, n: int, lr: float, seed: int = 0, epochs: 
     if not (isinstance(setup, LoRAConfig) or setup in ("full", "head")):
         raise ValueError(f"setup must be a LoRAConfig, 'full' or 'head', got {setup!r}.")
     check_number(lr, "lr", low=0, low_open=True)
+    check_int(n, "n")
     check_int(epochs, "epochs")
     model, tokenizer = build_model("full" if setup == "head" else setup, seed)
     if setup == "head":
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith("classifier."))
     trainable, _ = get_nb_trainable_parameters(model)
-    score = random_label_batches(tokenizer, n, seed)  # checks n before any training
-    train = [b for epoch in range(epochs) for b in random_label_batches(tokenizer, n, seed, epoch)]
+    check_int(seed, "seed", minimum=0)
+    texts = _inputs(tokenizer, n)  # tokenized once; checks n before any training
+    score = _batches(texts, seed, None, BATCH)
+    train = [b for epoch in range(epochs) for b in _batches(texts, seed, epoch, BATCH)]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / len(train))
     losses = fit(model, train, optimizer=optimizer, scheduler=schedule, max_grad_norm=1.0, progress=False).train_loss
