@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minilora.course.data import length_grouped_batches, load_instructions, load_jsonl
+from minilora.course.data import INSTRUCTION_SPLITS, length_grouped_batches, load_instructions, load_jsonl
 from minilora.instruct import (
     CUT,
     IGNORE_INDEX,
@@ -263,7 +263,7 @@ def test_evaluate_exact_match_per_skill():
 # ----- the dataset --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def splits():
-    return {s: load_instructions(s) for s in ("train", "validation", "test")}
+    return {s: load_instructions(s) for s in INSTRUCTION_SPLITS}
 
 
 def test_dataset_sizes_and_fields(splits):
@@ -279,10 +279,18 @@ def test_dataset_sizes_and_fields(splits):
 
 
 def test_test_split_is_held_out(splits):
-    train = {r["instruction"] for r in splits["train"]}
-    for split in ("validation", "test"):
-        assert not train & {r["instruction"] for r in splits[split]}
-    assert not {r["instruction"] for r in splits["validation"]} & {r["instruction"] for r in splits["test"]}
+    seen = {}
+    for split, rows in splits.items():  # no instruction in any two of the six files
+        for r in rows:
+            assert seen.setdefault(r["instruction"], split) == split, (r["instruction"], seen[r["instruction"]], split)
+    trained = {w for s in ("train", "large_train") for r in splits[s] if r["skill"] in ("sentiment", "json")
+               for w in r["instruction"].replace(".", " ").replace(",", " ").split()}
+    for split in ("validation", "test", "large_validation", "large_test"):  # held-out opinion words, names, cities
+        for r in splits[split]:
+            if r["skill"] == "json":
+                person = json.loads(r["response"])
+                assert person["name"] not in trained and person["city"] not in trained
+    assert len(splits["large_train"]) == 2000 and len(splits["large_validation"]) == len(splits["large_test"]) == 160
 
 
 def test_dataset_is_what_the_generator_makes():

@@ -1,6 +1,6 @@
-"""Generate the course's instruction dataset: data/instructions/{train,validation,test}.jsonl.
+"""Generate the course's instruction dataset: data/instructions/*.jsonl.
 
-    python tools/make_instruction_data.py           # regenerate the three JSONL files
+    python tools/make_instruction_data.py           # regenerate the six JSONL files
     python tools/make_instruction_data.py --check   # regenerate in memory, compare with the files
 
 Chapter 07 instruction-tunes SmolLM2-135M-Instruct on four skills that the base model gets wrong
@@ -18,6 +18,12 @@ byte-for-byte reproducible. The test split is held out for real:
 * no instruction appears in two splits;
 * the sentiment reviews of validation/test use subjects and opinion words that training never saw;
 * the names and cities of the json rows of validation/test never occur in training.
+
+Chapter 14 draws loss curves on a larger set from the same skills, phrasings and pools: ``large_train``
+(500 rows per skill), ``large_validation`` and ``large_test`` (40 each). They are generated after chapter
+07's three splits, from the same random stream and the same set of instructions already used, so chapter
+07's files do not change and no instruction appears in any two of the six files. ``large_train`` uses the
+training pools; ``large_validation`` and ``large_test`` the held-out ones.
 """
 from __future__ import annotations
 
@@ -32,7 +38,8 @@ from minilora.files import write_atomic
 
 SEED = 2024
 OUT = Path(__file__).resolve().parent.parent / "data" / "instructions"
-SPLITS = {"train": 120, "validation": 20, "test": 30}  # rows per skill
+SPLITS = {"train": 120, "validation": 20, "test": 30,  # rows per skill; chapter 07
+          "large_train": 500, "large_validation": 40, "large_test": 40}  # chapter 14's loss curves
 SKILLS = ("iso_date", "arithmetic", "sentiment", "json")
 
 DATE_PHRASINGS = [
@@ -141,7 +148,7 @@ def build() -> dict[str, list[dict]]:
     seen: set[str] = set()
     splits: dict[str, list[dict]] = {}
     for split, n in SPLITS.items():
-        pool = "train" if split == "train" else "heldout"
+        pool = "train" if split in ("train", "large_train") else "heldout"
         rows = []
         for skill in SKILLS:
             count = 0

@@ -6,14 +6,20 @@ an evaluation after each checkpoint's steps. ``task_scores`` is chapter 07's exa
 split; ``forgetting`` the two measures of ``minilora.course.forgetting``; ``intruders`` counts intruder
 dimensions (``minilora.intruders``) per layer type. ``tools/sweep_ch14.py`` runs them for every setup and
 learning rate; chapter 14 runs one again and checks that it agrees with the file.
+
+``curve`` is the same protocol made longer, for loss curves against log-steps: one pass over the larger
+``large_train`` split (each batch is seen once, so its training loss is measured before the model has seen
+it), with the mean NLL per answer token on ``large_validation`` (``answer_loss``) at log-spaced steps.
+``tools/sweep_ch14_curves.py`` runs it for LoRA at ranks 1 to 64 and full fine-tuning.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from ..inject import inject_lora, lora_layers
-from ..instruct import ChatCollator, answer_rows, evaluate_contains, evaluate_exact_match, token_budgets
+from ..instruct import IGNORE_INDEX, ChatCollator, answer_rows, evaluate_contains, evaluate_exact_match, token_budgets
 from ..intruders import intruder_dimensions
 from ..train import fit
 from ..utils import seed_everything
@@ -21,32 +27,66 @@ from .data import length_grouped_batches, load_instructions
 from .forgetting import continuation_nll, quiz_accuracy
 from .models import load_chat_model
 
-__all__ = ["STEPS", "BATCH", "CHECKPOINTS", "train", "forgetting", "task_scores", "intruders"]
+__all__ = ["STEPS", "BATCH", "CHECKPOINTS", "CURVE_STEPS", "train", "curve", "answer_loss", "forgetting",
+           "task_scores", "intruders"]
 
 STEPS, BATCH, WINDOW, CHECKPOINTS = 30, 8, 4, (10, 20, 30)
+CURVE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)  # log-spaced checkpoints of ``curve``
 
 
-def train(setup, lr: float, seed: int, evaluate) -> tuple[torch.nn.Module, object, list[dict]]:
-    """Chapter 07's training; ``evaluate(model)`` after each checkpoint's steps gives the checkpoint's row."""
+def train(setup, lr: float, seed: int, evaluate, *, split: str = "train",
+          checkpoints: tuple[int, ...] = CHECKPOINTS) -> tuple[torch.nn.Module, object, list[dict]]:
+    """Chapter 07's training; ``evaluate(model, tok)`` after each checkpoint's steps gives the checkpoint's row.
+
+    ``train_loss`` in a row is the mean training loss of the steps since the previous checkpoint."""
     model, tok = load_chat_model()
     seed_everything(seed)
     if setup == "full":
         model.requires_grad_(True)
     else:
         inject_lora(model, setup)
-    rows = load_instructions("train")
+    rows = load_instructions(split)
     collate = ChatCollator(tok)
     lengths = [len(collate.encode(r)["input_ids"]) for r in rows]
-    batches = length_grouped_batches(lengths, batch_size=BATCH, seed=seed, window=WINDOW)[:STEPS]
+    batches = length_grouped_batches(lengths, batch_size=BATCH, seed=seed, window=WINDOW)
+    if len(batches) < checkpoints[-1]:
+        raise ValueError(f"{split!r} has {len(batches)} batches of {BATCH}, fewer than the {checkpoints[-1]} steps "
+                         "asked for (one pass, no batch seen twice); stop earlier or use a larger split.")
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     out, done = [], 0
-    for step in CHECKPOINTS:
+    for step in checkpoints:
         loader = DataLoader(rows, batch_sampler=batches[done:step], collate_fn=collate)
         history = fit(model, loader, epochs=1, optimizer=optimizer, progress=False)
         done = step
         out.append({"step": step, "train_loss": f"{sum(history.train_loss) / len(history.train_loss):.4f}",
                     **evaluate(model, tok)})
     return model, tok, out
+
+
+def curve(setup, lr: float, seed: int, checkpoints: tuple[int, ...] = CURVE_STEPS) -> tuple[torch.nn.Module, object,
+                                                                                             list[dict]]:
+    """One pass over ``large_train`` for ``checkpoints[-1]`` steps: (model, tokenizer, rows ``{step, train_loss,
+    val_loss}``), ``val_loss`` being ``answer_loss`` on ``large_validation``."""
+    return train(setup, lr, seed, lambda m, t: {"val_loss": f"{answer_loss(m, t):.4f}"}, split="large_train",
+                 checkpoints=checkpoints)
+
+
+@torch.no_grad()
+def answer_loss(model, tok, split: str = "large_validation", batch_size: int = 16) -> float:
+    """Mean negative log-likelihood per answer token (``<|im_end|>`` included, prompts masked as in training)."""
+    rows, collate = load_instructions(split), ChatCollator(tok)
+    order = sorted(range(len(rows)), key=lambda i: len(collate.encode(rows[i])["input_ids"]))  # little padding
+    was_training, total, count = model.training, 0.0, 0
+    model.eval()
+    for i in range(0, len(order), batch_size):
+        batch = collate([rows[j] for j in order[i:i + batch_size]])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        total += F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
+                                 reduction="sum").item()
+        count += int((labels != IGNORE_INDEX).sum())
+    model.train(was_training)
+    return total / count
 
 
 def forgetting(model, tok) -> dict:

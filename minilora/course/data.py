@@ -16,7 +16,8 @@ batches also hold reviews of similar length (``length_grouped_batches``), so tha
 batch is padding: on the course data about a third fewer token positions per epoch.
 
 ``load_instructions`` reads chapter 07's instruction data, ``data/instructions/{split}.jsonl``: rows
-``{"skill", "instruction", "response"}`` for four skills (see ``data/README.md``).
+``{"skill", "instruction", "response"}`` for four skills (see ``data/README.md``). Chapter 14's loss curves use
+the larger ``large_train`` / ``large_validation`` / ``large_test`` splits of the same skills.
 """
 from __future__ import annotations
 
@@ -35,9 +36,11 @@ from ..utils import check_bool, check_int
 
 __all__ = ["SPLITS", "LABELS", "DOMAINS", "TASKS", "TASK_LABELS", "label_ids", "domain_ids", "COLUMNS", "data_dir",
            "load_sentiment", "length_grouped_batches", "LengthGroupedBatchSampler", "make_loader",
-           "load_instructions", "load_jsonl", "check_task"]
+           "load_instructions", "INSTRUCTION_SPLITS", "load_jsonl", "check_task"]
 
 SPLITS = ("train", "validation", "test")
+#: Chapter 07's three splits, then chapter 14's larger ones (500 / 40 / 40 rows per skill).
+INSTRUCTION_SPLITS = SPLITS + ("large_train", "large_validation", "large_test")
 LABELS = ("negative", "positive")
 DOMAINS = ("movie", "product", "restaurant", "hotel")
 TASKS = ("sentiment", "domain")
@@ -179,9 +182,10 @@ def make_loader(rows: list[dict], tokenizer, *, task: str = "sentiment", batch_s
 def load_instructions(split: str) -> list[dict]:
     """Rows ``{"skill", "instruction", "response"}`` of the course's instruction data (chapter 07).
 
-    ``split``: ``"train"``, ``"validation"`` (for choosing hyper-parameters) or ``"test"`` (held out)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(map(repr, SPLITS))}.")
+    ``split``: ``"train"``, ``"validation"`` (for choosing hyper-parameters) or ``"test"`` (held out); or one of
+    chapter 14's larger splits of the same skills, ``"large_train"``, ``"large_validation"``, ``"large_test"``."""
+    if split not in INSTRUCTION_SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(map(repr, INSTRUCTION_SPLITS))}.")
     return load_jsonl(data_dir("instructions") / f"{split}.jsonl")
 
 
