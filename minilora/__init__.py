@@ -16,7 +16,8 @@ package, each holding one idea and naming the chapter that teaches it:
 * chapter 11: ``merging`` (TIES, DARE) and ``task_vectors``;
 * chapter 13: ``serving`` (``mixed_batch``: a different adapter per row) and ``punica`` (BGMV, SGMV);
 * chapter 14: ``intruders`` (``reduce_intruder_dimension``, PEFT's function);
-* chapter 15: ``preference`` (``get_batch_logps``, ``dpo_loss``: DPO, with the adapter switched off as reference);
+* chapter 15: ``preference`` (``get_batch_logps``, ``dpo_loss``: DPO, with the adapter switched off as reference)
+  and ``rl`` (``sample``, ``group_advantages``, ``policy_gradient_loss``: group-relative REINFORCE);
 * shared: ``errors`` (the error vocabulary: ``TypeError`` for a wrong type, ``ValueError`` for a wrong
   value, ``UnknownAdapterError``, ``AdapterFileError``; docs/errors.md), ``files`` (an adapter folder's
   file names, atomic writes) and ``utils`` (``seed_everything``, the argument checks).
