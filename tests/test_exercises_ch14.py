@@ -66,10 +66,28 @@ RANK_WRONG = {
     "a float": lambda b, d, ff, n: b / (3 * (d + ff) * n),
 }
 
+# Exercise 14.4 --------------------------------------------------------------------------------------
+def departure_step(steps, mean, std, full_mean, full_std):
+    above = [m - f > s + fs for m, s, f, fs in zip(mean, std, full_mean, full_std)]
+    return next((steps[i] for i in range(len(steps)) if all(above[i:])), None)
+
+
+def first_above(steps, mean, std, full_mean, full_std):
+    return next((s for s, m, d, f, fd in zip(steps, mean, std, full_mean, full_std) if m - f > d + fd), None)
+
+
+DEPARTURE_WRONG = {
+    "an index": lambda steps, *rest: (None if departure_step(steps, *rest) is None
+                                      else steps.index(departure_step(steps, *rest))),
+    "first above": first_above,
+    "no spread": lambda steps, mean, std, fm, fs: departure_step(steps, mean, [0] * len(std), fm, [0] * len(fs)),
+}
+
 CASES = [
     (ch14.check_count_intruders, count_intruders, INTRUDER_WRONG),
     (ch14.check_lr_ratio, lr_ratio, RATIO_WRONG),
     (ch14.check_mlp_rank_for_budget, mlp_rank_for_budget, RANK_WRONG),
+    (ch14.check_departure_step, departure_step, DEPARTURE_WRONG),
 ]
 
 test_stub_is_not_attempted, test_solution_passes, test_wrong_answer_fails_with_a_hint = \
@@ -86,6 +104,9 @@ test_stub_is_not_attempted, test_solution_passes, test_wrong_answer_fails_with_a
     (ch14.check_mlp_rank_for_budget, RANK_WRONG["two matrices"], "two matrices per layer"),
     (ch14.check_mlp_rank_for_budget, RANK_WRONG["rounded down"], "rounded down"),
     (ch14.check_mlp_rank_for_budget, RANK_WRONG["a float"], "whole rank"),
+    (ch14.check_departure_step, DEPARTURE_WRONG["an index"], "return the step itself"),
+    (ch14.check_departure_step, DEPARTURE_WRONG["first above"], "comes back later"),
+    (ch14.check_departure_step, DEPARTURE_WRONG["no spread"], "two standard deviations"),
 ])
 def test_hints_are_specific(check, wrong, fragment, capsys):
     assert_specific_hint(wrong, fragment, capsys, check=check)

@@ -7,6 +7,8 @@
   the ratio of LoRA's to full fine-tuning's.
 * 14.3 ``mlp_rank_for_budget(budget, d_model, d_ff, n_layers)``: the rank of LoRA on the MLP alone (gate, up,
   down) whose trainable count is closest to ``budget``.
+* 14.4 ``departure_step(steps, mean, std, full_mean, full_std)``: the first step from which a loss curve stays
+  above full fine-tuning's, by more than the two standard deviations together, to the end (None if it never does).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import torch
 from ...intruders import intruder_dimensions
 from ._core import Hint, checker
 
-__all__ = ["check_count_intruders", "check_lr_ratio", "check_mlp_rank_for_budget"]
+__all__ = ["check_count_intruders", "check_lr_ratio", "check_mlp_rank_for_budget", "check_departure_step"]
 
 
 def _pair(seed: int, out: int, inp: int, planted: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,3 +114,43 @@ def check_mlp_rank_for_budget(fn) -> None:
         if got == budget // per_rank and got != want:
             raise Hint(f"{case} you rounded down; take the rank whose count is closest to the budget.")
         raise Hint(f"{case} each rank costs 3 (d_model + d_ff) numbers per layer; the answer is r={want}, not {got}.")
+
+
+def _departure(steps, mean, std, full_mean, full_std):
+    above = [m - f > s + fs for m, s, f, fs in zip(mean, std, full_mean, full_std)]
+    for i in range(len(steps)):
+        if all(above[i:]):
+            return steps[i]
+    return None
+
+
+_CURVES = [  # (steps, mean, std, full_mean, full_std): each catches one mistake
+    ([1, 2, 4, 8, 16], [0.9, 0.7, 0.5, 0.40, 0.35], [0.01] * 5, [0.9, 0.7, 0.5, 0.30, 0.20], [0.01] * 5),  # leaves at 8
+    ([1, 2, 4, 8, 16], [0.9, 0.8, 0.5, 0.40, 0.35], [0.01] * 5, [0.9, 0.7, 0.5, 0.30, 0.20], [0.01] * 5),  # 2, then 8
+    ([1, 2, 4, 8, 16], [0.9, 0.7, 0.52, 0.31, 0.22], [0.02] * 5, [0.9, 0.7, 0.5, 0.30, 0.20], [0.02] * 5),  # never
+    ([1, 2, 4, 8], [0.8, 0.6, 0.45, 0.42], [0.05, 0.04, 0.03, 0.01], [0.8, 0.6, 0.40, 0.30], [0.05, 0.04, 0.03, 0.01]),
+    ([1, 2, 4, 8], [0.8, 0.5, 0.3, 0.2], [0.01] * 4, [0.8, 0.6, 0.4, 0.3], [0.01] * 4),  # below: never leaves above
+]
+
+
+@checker("Exercise 14.4: where a curve leaves full fine-tuning's")
+def check_departure_step(fn) -> None:
+    """``fn(steps, mean, std, full_mean, full_std)`` = the first step from which mean - full_mean > std + full_std
+    holds at every later point, or None."""
+    for steps, mean, std, full_mean, full_std in _CURVES:
+        want = _departure(steps, mean, std, full_mean, full_std)
+        got = fn(list(steps), list(mean), list(std), list(full_mean), list(full_std))
+        if got == want and (got is None) == (want is None):
+            continue
+        case = f"for the curve {mean} against full fine-tuning's {full_mean} at steps {steps}"
+        first_above = next((s for s, m, d, f, fd in zip(steps, mean, std, full_mean, full_std) if m - f > d + fd), None)
+        if want is not None and got == steps.index(want):
+            raise Hint(f"{case} you returned the position {got}; return the step itself, {want}.")
+        if got == first_above and got != want:
+            raise Hint(f"{case} you returned the first step above ({got}), but the curve comes back later: the step "
+                       "must start a run that stays above to the end.")
+        no_std = _departure(steps, mean, [0] * len(std), full_mean, [0] * len(full_std))
+        if got == no_std:
+            raise Hint(f"{case} a gap smaller than the two standard deviations together is within the seeds' "
+                       "spread: count a point as above only when mean - full_mean > std + full_std.")
+        raise Hint(f"{case} the answer is {want}, you returned {got!r}.")
