@@ -53,10 +53,10 @@ CHECKPOINTS = (1, 2, 4, 8, 16, 32, 64)
 STEPS = CHECKPOINTS[-1]
 SETUPS = {f"LoRA r={r} all-linear": LoRAConfig(r=r, lora_alpha=2 * r, target_modules="all-linear")
           for r in (1, 4, 16, 64)} | {"full": "full"}
-LORA_LADDER = [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2]
+LORA_LADDER = [2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2]
 FULL_LADDER = [2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4]
 START = {"LoRA r=1 all-linear": [2e-3, 5e-3, 1e-2], "LoRA r=4 all-linear": [1e-3, 2e-3, 5e-3],
-         "LoRA r=16 all-linear": [5e-4, 1e-3, 2e-3], "LoRA r=64 all-linear": [2e-4, 5e-4, 1e-3],
+         "LoRA r=16 all-linear": [5e-4, 1e-3, 2e-3], "LoRA r=64 all-linear": [5e-5, 1e-4, 2e-4],
          "full": [1e-5, 2e-5, 5e-5]}
 SEEDS = [0, 1, 2]
 WORKERS = [["full", "LoRA r=1 all-linear"], ["LoRA r=4 all-linear", "LoRA r=16 all-linear", "LoRA r=64 all-linear"]]
@@ -86,7 +86,7 @@ def sweep(name: str, log) -> list[dict]:
             runs[other] = (runs[other][0], None)  # keep only the best model so far (memory)
         return (-float(r[-1]["val_loss"]),)
 
-    best, _ = choose_rate(score, START[name], FULL_LADDER if name == "full" else LORA_LADDER)
+    best, _ = choose_rate(score, START[name], FULL_LADDER if name == "full" else LORA_LADDER, extensions=3)
     for row in rows:
         row["chosen"] = int(float(row["lr"]) == best)
     for seed in SEEDS:  # only the chosen rate sees the test split
