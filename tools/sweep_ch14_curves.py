@@ -1,6 +1,6 @@
 """Chapter 14's loss curves: LoRA at ranks 1, 4, 16 and 64 against full fine-tuning, on log-steps.
 
-    .venv/bin/python -m tools.sweep_ch14_curves        # about 75 minutes on 2 cores (two 1-thread workers)
+    .venv/bin/python -m tools.sweep_ch14_curves        # about 105 minutes on 2 cores (two 1-thread workers)
 
 *LoRA Without Regret*'s Fig. 1 in miniature. Every setup trains
 SmolLM2-135M-Instruct with chapter 07's protocol (AdamW, batches of 8 length-grouped instructions, seeded) for
@@ -19,7 +19,8 @@ rate, and the three seeds of the chosen rate are scored once on ``large_test`` a
 
 Rows go to ``results/ch14_curves.csv``: one per run and checkpoint (``split`` validation), the chosen runs'
 last rows again with ``test_loss`` (``split`` test), and the base model's losses (setup ``base``, step 0). The
-setups are shared between ``--workers`` processes of one thread each; ``--only SETUP ... --out FILE`` runs some
+setups are shared between two worker processes of one thread each (``WORKERS``: full fine-tuning and r=1 take
+about 75 minutes, r=4, 16 and 64 about 105, each run 5 to 7 minutes); ``--only SETUP ... --out FILE`` runs some
 setups in this process.
 """
 from __future__ import annotations
