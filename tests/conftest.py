@@ -110,6 +110,14 @@ def encoder_tokenizer():
 
 
 @pytest.fixture
+def tiny_chat_model(chat_tokenizer):
+    """A stand-in for ``minilora.course.models.load_chat_model``: a tiny Llama with SmolLM2's tokenizer and
+    vocabulary, for testing chapter 14's and 15's run protocols (``monkeypatch.setattr(module, "load_chat_model",
+    tiny_chat_model)``)."""
+    return lambda: (tiny_llama(vocab_size=len(chat_tokenizer), max_position_embeddings=256), chat_tokenizer)
+
+
+@pytest.fixture
 def tiny():
     return SimpleNamespace(bert=tiny_bert, gpt2=tiny_gpt2, llama=tiny_llama,
                            make={"bert": tiny_bert, "gpt2": tiny_gpt2, "llama": tiny_llama},

@@ -39,12 +39,9 @@ def test_full_fine_tuning_counts_every_linear_layer_of_the_blocks(tiny):
 
 # ----- curve and answer_loss: chapter 14's loss curves -------------------------------------------
 @pytest.fixture
-def tiny_chat(tiny, chat_tokenizer, monkeypatch):
+def tiny_chat(tiny_chat_model, monkeypatch):
     """``chat_runs`` with a tiny Llama (SmolLM2's tokenizer and vocabulary) in place of SmolLM2."""
-    monkeypatch.setattr(chat_runs, "load_chat_model",
-                        lambda: (tiny.llama(vocab_size=len(chat_tokenizer), max_position_embeddings=256),
-                                 chat_tokenizer))
-    return chat_tokenizer
+    monkeypatch.setattr(chat_runs, "load_chat_model", tiny_chat_model)
 
 
 def test_answer_loss_is_the_mean_nll_per_answer_token(tiny, chat_tokenizer):

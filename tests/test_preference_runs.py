@@ -9,10 +9,8 @@ CONFIG = LoRAConfig(r=4, lora_alpha=8, target_modules="all-linear")
 
 
 @pytest.fixture
-def tiny_runs(tiny, chat_tokenizer, monkeypatch):
-    monkeypatch.setattr(preference_runs, "load_chat_model",
-                        lambda: (tiny.llama(vocab_size=len(chat_tokenizer), max_position_embeddings=256),
-                                 chat_tokenizer))
+def tiny_runs(tiny_chat_model, monkeypatch):
+    monkeypatch.setattr(preference_runs, "load_chat_model", tiny_chat_model)
     rows = load_preferences("train")[:24]
     monkeypatch.setattr(preference_runs, "load_preferences", lambda split: rows)
     return rows

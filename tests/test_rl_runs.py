@@ -2,16 +2,14 @@
 import pytest
 
 from minilora import LoRAConfig
-from minilora.course import rl_runs
+from minilora.course import chat_runs, rl_runs
 
 CONFIG = LoRAConfig(r=4, lora_alpha=8, target_modules="all-linear")
 
 
 @pytest.fixture
-def tiny_rl(tiny, chat_tokenizer, monkeypatch):
-    monkeypatch.setattr(rl_runs, "load_chat_model",
-                        lambda: (tiny.llama(vocab_size=len(chat_tokenizer), max_position_embeddings=256),
-                                 chat_tokenizer))
+def tiny_rl(tiny_chat_model, monkeypatch):
+    monkeypatch.setattr(chat_runs, "load_chat_model", tiny_chat_model)
 
 
 @pytest.mark.parametrize("row, answer, ended, expected", [
@@ -53,6 +51,6 @@ def test_the_loop_pairs_each_answer_with_its_prompt_and_is_seeded(tiny_rl, monke
 
 
 def test_unknown_skill_is_refused_before_anything_loads(monkeypatch):
-    monkeypatch.setattr(rl_runs, "load_chat_model", lambda: pytest.fail("loaded a model"))
+    monkeypatch.setattr(chat_runs, "load_chat_model", lambda: pytest.fail("loaded a model"))
     with pytest.raises(ValueError, match="unknown skill 'poetry'"):
         rl_runs.train(CONFIG, 1e-3, 0, 1, skill="poetry")

@@ -27,11 +27,23 @@ from .data import length_grouped_batches, load_instructions
 from .forgetting import continuation_nll, quiz_accuracy
 from .models import load_chat_model
 
-__all__ = ["STEPS", "BATCH", "CHECKPOINTS", "CURVE_STEPS", "train", "curve", "answer_loss", "forgetting",
+__all__ = ["STEPS", "BATCH", "CHECKPOINTS", "CURVE_STEPS", "start", "train", "curve", "answer_loss", "forgetting",
            "task_scores", "intruders"]
 
 STEPS, BATCH, WINDOW, CHECKPOINTS = 30, 8, 4, (10, 20, 30)
 CURVE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)  # log-spaced checkpoints of ``curve``
+
+
+def start(setup, seed: int) -> tuple[torch.nn.Module, object]:
+    """SmolLM2 and its tokenizer, seeded, with ``setup`` applied: a ``LoRAConfig`` injected, or, for ``"full"``,
+    every weight trainable."""
+    model, tok = load_chat_model()
+    seed_everything(seed)
+    if setup == "full":
+        model.requires_grad_(True)
+    else:
+        inject_lora(model, setup)
+    return model, tok
 
 
 def train(setup, lr: float, seed: int, evaluate, *, split: str = "train",
@@ -39,12 +51,7 @@ def train(setup, lr: float, seed: int, evaluate, *, split: str = "train",
     """Chapter 07's training; ``evaluate(model, tok)`` after each checkpoint's steps gives the checkpoint's row.
 
     ``train_loss`` in a row is the mean training loss of the steps since the previous checkpoint."""
-    model, tok = load_chat_model()
-    seed_everything(seed)
-    if setup == "full":
-        model.requires_grad_(True)
-    else:
-        inject_lora(model, setup)
+    model, tok = start(setup, seed)
     rows = load_instructions(split)
     collate = ChatCollator(tok)
     lengths = [len(collate.encode(r)["input_ids"]) for r in rows]

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import torch
 
-from ..inject import inject_lora
 from ..instruct import CUT, exact_match, generate, token_budgets
 from ..preference import get_batch_logps
 from ..rl import group_advantages, policy_gradient_loss, sample
-from ..utils import seed_everything
+from .chat_runs import start
 from .data import load_instructions
-from .models import load_chat_model
 
 __all__ = ["PROMPTS", "GROUP", "SKILLS", "reward", "train", "accuracy"]
 
@@ -43,12 +41,7 @@ def train(setup, lr: float, seed: int, steps: int, skill: str = "arithmetic", te
     """(model, tokenizer, one row per step ``{step, reward, informative}``); ``evaluate(model, tok)`` every
     ``every`` steps (0: never) adds its dict to that step's row."""
     rows = _rows(skill, "train")
-    model, tok = load_chat_model()
-    seed_everything(seed)
-    if setup == "full":
-        model.requires_grad_(True)
-    else:
-        inject_lora(model, setup)
+    model, tok = start(setup, seed)
     budget = token_budgets(tok, rows)[skill]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     g = torch.Generator().manual_seed(seed)
