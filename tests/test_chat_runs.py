@@ -70,3 +70,21 @@ def test_curve_checkpoints_do_not_change_training(tiny_chat):
 def test_a_run_longer_than_one_pass_is_refused(tiny_chat):
     with pytest.raises(ValueError, match="'validation' has 10 batches of 8, fewer than the 11 steps"):
         chat_runs.train("full", 1e-5, 0, chat_runs.forgetting, split="validation", checkpoints=(11,))
+
+
+def test_instruction_tuned_is_chapter_07s_run_merged_and_computed_once(tiny_chat, monkeypatch):
+    monkeypatch.setattr(chat_runs, "_TUNED", {})
+    calls = []
+    real_train = chat_runs.train
+    monkeypatch.setattr(chat_runs, "train", lambda *a, **k: calls.append(a) or real_train(*a, **k))
+    model, _ = chat_runs.instruction_tuned()
+    trained, _, _ = real_train(*chat_runs.CHAPTER_07, seed=0, evaluate=lambda m, t: {})
+    want = minilora.merge_and_unload(trained).state_dict()
+    assert not list(minilora.lora_layers(model)) and model.state_dict().keys() == want.keys()
+    assert all(torch.allclose(v, want[k], atol=1e-6) for k, v in model.state_dict().items())
+    with torch.no_grad():
+        model.model.embed_tokens.weight.zero_()  # a copy: changing it leaves the kept weights as they were
+    again, _ = chat_runs.instruction_tuned()
+    assert len(calls) == 1 and torch.equal(again.model.embed_tokens.weight, want["model.embed_tokens.weight"])
+    tuned, _ = chat_runs.start(LoRAConfig(r=2, target_modules=["q_proj"]), seed=0, tuned=True)
+    assert any(isinstance(m, minilora.LoRALayer) for m in tuned.modules())

@@ -10,6 +10,7 @@ CONFIG = LoRAConfig(r=4, lora_alpha=8, target_modules="all-linear")
 @pytest.fixture
 def tiny_rl(tiny_chat_model, monkeypatch):
     monkeypatch.setattr(chat_runs, "load_chat_model", tiny_chat_model)
+    monkeypatch.setattr(chat_runs, "instruction_tuned", tiny_chat_model)  # RL starts from chapter 07's model
 
 
 @pytest.mark.parametrize("row, answer, ended, expected", [
@@ -51,6 +52,6 @@ def test_the_loop_pairs_each_answer_with_its_prompt_and_is_seeded(tiny_rl, monke
 
 
 def test_unknown_skill_is_refused_before_anything_loads(monkeypatch):
-    monkeypatch.setattr(chat_runs, "load_chat_model", lambda: pytest.fail("loaded a model"))
+    monkeypatch.setattr(chat_runs, "instruction_tuned", lambda: pytest.fail("loaded a model"))
     with pytest.raises(ValueError, match="unknown skill 'poetry'"):
         rl_runs.train(CONFIG, 1e-3, 0, 1, skill="poetry")

@@ -11,6 +11,9 @@ learning rate; chapter 14 runs one again and checks that it agrees with the file
 ``large_train`` split (each batch is seen once, so its training loss is measured before the model has seen
 it), with the mean NLL per answer token on ``large_validation`` (``answer_loss``) at log-spaced steps.
 ``tools/sweep_ch14_curves.py`` runs it for LoRA at ranks 1 to 64 and full fine-tuning.
+
+``instruction_tuned`` is chapter 07's chosen run (``CHAPTER_07``: r=8 on q_proj and v_proj, rate 1e-3, seed 0)
+merged into the weights: the instruction-tuned model that chapter 15 preference-tunes and trains with RL.
 """
 from __future__ import annotations
 
@@ -18,26 +21,42 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from ..config import LoRAConfig
 from ..inject import inject_lora, lora_layers
 from ..instruct import IGNORE_INDEX, ChatCollator, answer_rows, evaluate_contains, evaluate_exact_match, token_budgets
 from ..intruders import intruder_dimensions
+from ..merge import merge_and_unload
 from ..train import fit
 from ..utils import seed_everything
 from .data import length_grouped_batches, load_instructions
 from .forgetting import continuation_nll, quiz_accuracy
 from .models import load_chat_model
 
-__all__ = ["STEPS", "BATCH", "CHECKPOINTS", "CURVE_STEPS", "start", "train", "curve", "answer_loss", "forgetting",
-           "task_scores", "intruders"]
+__all__ = ["STEPS", "BATCH", "CHECKPOINTS", "CURVE_STEPS", "CHAPTER_07", "start", "instruction_tuned", "train", "curve",
+           "answer_loss", "forgetting", "task_scores", "intruders"]
 
 STEPS, BATCH, WINDOW, CHECKPOINTS = 30, 8, 4, (10, 20, 30)
 CURVE_STEPS = (1, 2, 4, 8, 16, 32, 64, 128)  # log-spaced checkpoints of ``curve``
+CHAPTER_07 = (LoRAConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]), 1e-3)  # (config, rate), seed 0
+_TUNED: dict[str, torch.Tensor] = {}  # instruction_tuned's weights, computed once per process
 
 
-def start(setup, seed: int) -> tuple[torch.nn.Module, object]:
-    """SmolLM2 and its tokenizer, seeded, with ``setup`` applied: a ``LoRAConfig`` injected, or, for ``"full"``,
-    every weight trainable."""
+def instruction_tuned() -> tuple[torch.nn.Module, object]:
+    """SmolLM2 with chapter 07's chosen run (``CHAPTER_07``, seed 0, 30 steps) merged in, and its tokenizer.
+
+    The first call trains it (about 30 seconds on 2 cores); later calls copy the weights kept from the first."""
+    if not _TUNED:
+        model, tok, _ = train(*CHAPTER_07, seed=0, evaluate=lambda m, t: {}, checkpoints=(STEPS,))
+        _TUNED.update({k: v.detach().clone() for k, v in merge_and_unload(model).state_dict().items()})
     model, tok = load_chat_model()
+    model.load_state_dict(_TUNED)
+    return model.eval(), tok
+
+
+def start(setup, seed: int, tuned: bool = False) -> tuple[torch.nn.Module, object]:
+    """SmolLM2 (``tuned``: ``instruction_tuned``'s) and its tokenizer, seeded, with ``setup`` applied: a
+    ``LoRAConfig`` injected, or, for ``"full"``, every weight trainable."""
+    model, tok = instruction_tuned() if tuned else load_chat_model()
     seed_everything(seed)
     if setup == "full":
         model.requires_grad_(True)

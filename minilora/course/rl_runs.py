@@ -1,13 +1,16 @@
 """Chapter 15's RL runs: group-relative REINFORCE with LoRA on a skill of chapter 07 with a verifiable reward.
 
-``train`` starts from SmolLM2-135M-Instruct with a LoRA ``LoRAConfig`` (or ``"full"`` fine-tuning) and, for
-``steps`` steps, takes ``PROMPTS`` instructions of one skill from chapter 07's ``train`` split (a seeded order,
-no instruction twice until all were used), samples ``GROUP`` answers to each (``minilora.rl.sample``, seeded by
+``train`` starts from chapter 07's instruction-tuned SmolLM2 (``chat_runs.instruction_tuned``: RL reinforces
+what a model sometimes does, and the untuned model never answers in the exact form, so every reward would be 0)
+with a LoRA ``LoRAConfig`` (or ``"full"`` fine-tuning) and, for ``steps`` steps, takes ``PROMPTS`` instructions
+of one skill (``SKILL``, ISO dates, by default) from chapter 07's ``large_train`` split (a seeded order, no
+instruction twice until all were used), samples ``GROUP`` answers to each (``minilora.rl.sample``, seeded by
 the run's seed and the step), scores them with ``reward`` (1 for an exact match, ``instruct.exact_match``, else
 0; an answer cut by the token budget scores 0), and takes one AdamW step on ``minilora.rl.policy_gradient_loss``
 with ``group_advantages``. Nothing else: no value model, no KL term, no clipping (on-policy, one step per
 batch). Each step's row records the mean reward of its samples and the share of groups that taught something
-(not all answers scored alike). ``accuracy`` scores greedy answers on a split of the same skill.
+(not all answers scored alike). ``accuracy`` scores greedy answers on a split of the same skill
+(``large_validation`` to choose rates, ``large_test`` once).
 """
 from __future__ import annotations
 
@@ -19,10 +22,10 @@ from ..rl import group_advantages, policy_gradient_loss, sample
 from .chat_runs import start
 from .data import load_instructions
 
-__all__ = ["PROMPTS", "GROUP", "SKILLS", "reward", "train", "accuracy"]
+__all__ = ["PROMPTS", "GROUP", "SKILLS", "SKILL", "reward", "train", "accuracy"]
 
 PROMPTS, GROUP = 4, 8
-SKILLS = ("arithmetic", "iso_date", "json", "sentiment")
+SKILLS, SKILL = ("arithmetic", "iso_date", "json", "sentiment"), "iso_date"
 
 
 def reward(row: dict, answer: str, ended: bool = True) -> float:
@@ -36,13 +39,13 @@ def _rows(skill: str, split: str) -> list[dict]:
     return [r for r in load_instructions(split) if r["skill"] == skill]
 
 
-def train(setup, lr: float, seed: int, steps: int, skill: str = "arithmetic", temperature: float = 1.0,
+def train(setup, lr: float, seed: int, steps: int, skill: str = SKILL, temperature: float = 1.0,
           evaluate=None, every: int = 0) -> tuple[torch.nn.Module, object, list[dict]]:
     """(model, tokenizer, one row per step ``{step, reward, informative}``); ``evaluate(model, tok)`` every
     ``every`` steps (0: never) adds its dict to that step's row."""
-    rows = _rows(skill, "train")
-    model, tok = start(setup, seed)
-    budget = token_budgets(tok, rows)[skill]
+    rows = _rows(skill, "large_train")
+    model, tok = start(setup, seed, tuned=True)
+    budget = token_budgets(tok, _rows(skill, "train"))[skill]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     g = torch.Generator().manual_seed(seed)
     order: list[int] = []
@@ -71,7 +74,7 @@ def train(setup, lr: float, seed: int, steps: int, skill: str = "arithmetic", te
 
 
 @torch.no_grad()
-def accuracy(model, tok, split: str, skill: str = "arithmetic") -> float:
+def accuracy(model, tok, split: str = "large_validation", skill: str = SKILL) -> float:
     """Percent of greedy answers to ``split``'s rows of ``skill`` that earn the reward."""
     rows = _rows(skill, split)
     budget = token_budgets(tok, _rows(skill, "train"))[skill]
