@@ -36,6 +36,8 @@ from minilora import LoRAConfig
 from minilora.layers import LoRALinear
 from minilora.embedding import LoRAEmbedding
 from minilora.prompting import PromptTuningConfig
+from minilora.preference import dpo_loss, get_batch_logps
+from minilora.rl import group_advantages
 
 def tiny_bert():
     torch.manual_seed(0)
@@ -136,6 +138,14 @@ CASES = [
     Case("qlora", "ml.quantize_model_nf4(tiny_llama(), blocksize=3)", "an even block size, e.g. 64 (QLoRA's)"),
     Case("prompting", "ml.add_prompt_learning(tiny_llama(), PromptTuningConfig(num_virtual_tokens=0))",
          "at least one virtual token, e.g. 20"),
+    # --- preference tuning and RL (chapter 15)
+    Case("preference", "get_batch_logps(torch.zeros(2, 5, 10), torch.zeros(2, 4, dtype=torch.long))",
+         "the model's logits and the batch's labels, of the same (batch, seq)"),
+    Case("preference", "dpo_loss(torch.zeros(4), torch.zeros(4), torch.zeros(4), torch.zeros(3))",
+         "one log-probability per pair in each of the four tensors"),
+    Case("preference", "dpo_loss(*[torch.zeros(2)] * 4, ipo=True, label_smoothing=0.1)",
+         "IPO without smoothing, or DPO with it"),
+    Case("rl", "group_advantages(torch.ones(10), group_size=4)", "`group_size` rewards per prompt, prompt-major"),
 ]
 
 
