@@ -1,6 +1,6 @@
 """Chapter 15's preference tuning: SFT on the chosen answers, DPO, and DPO after SFT, with LoRA at ranks 1-64.
 
-    .venv/bin/python -m tools.sweep_ch15_dpo        # about 80 minutes on 2 cores (three 1-thread workers)
+    .venv/bin/python -m tools.sweep_ch15_dpo        # 1-thread workers; a setup takes 30-60 minutes in one
 
 Every run starts from chapter 07's instruction-tuned SmolLM2 (``chat_runs.instruction_tuned``) and trains
 all-linear LoRA (lora_alpha = 2r) for ``preference_runs.STEPS`` steps of ``PAIRS`` preference pairs
@@ -21,8 +21,9 @@ its grid. Seeds 1 and 2 then train at the chosen rate, and the three seeds are s
 drift against the run's own reference, drift on neutral text, chapter 07 exact match) and the mean DPO loss and
 reward accuracy of the last five steps; the instruction-tuned model's scores (setup ``start``).
 ``results/ch15_dpo_steps.csv``: every step of each setup's chosen seed-0 run. ``results/ch15_answers.jsonl``:
-the test answers of the start model and of each setup's chosen seed-0 run. ``--only SETUP ... --out FILE``
-runs some setups in this process.
+the test answers of the start model and of each setup's chosen seed-0 run. ``--only SETUP ... --out FOLDER``
+runs some setups in this process; ``--combine FOLDER ...`` writes the three files from such folders (the setups
+that finished).
 """
 from __future__ import annotations
 
@@ -159,16 +160,38 @@ def start_rows(log) -> tuple[list[dict], list[str]]:
     return out, answers
 
 
+def combine(parts: list[pathlib.Path], log) -> None:
+    """The three results files from the workers' folders, with the start model's rows and answers."""
+    out, start_answers = start_rows(log)
+    rows = [r for p in parts for r in read_results(p / OUT.name)]
+    steps = [r for p in parts for r in read_results(p / STEPS_OUT.name)]
+    answers = {k: v for p in parts for k, v in json.loads((p / ANSWERS_OUT.name).read_text()).items()}
+    done = [name for name in SETUPS if name in answers]
+    out += [r for name in done for r in rows if r["setup"] == name]
+    write_results(OUT, COMMAND, FIELDS, out)
+    write_results(STEPS_OUT, COMMAND, STEP_FIELDS, [r for name in done for r in steps if r["setup"] == name])
+    prompts = [r["prompt"] for r in pr.load_preferences("test")]
+    lines = [json.dumps({"prompt": x, "start": start_answers[i], **{k: answers[k][i] for k in done}},
+                        ensure_ascii=False) for i, x in enumerate(prompts)]
+    write_atomic(ANSWERS_OUT, "\n".join(lines) + "\n")
+    log(f"wrote {OUT.name} ({len(out)} rows: {', '.join(done)}), {STEPS_OUT.name}, {ANSWERS_OUT.name}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=list(SETUPS), help="run these setups in this process")
     parser.add_argument("--out", type=pathlib.Path, default=OUT, help="with --only: a folder for the three files")
+    parser.add_argument("--combine", nargs="+", type=pathlib.Path, metavar="FOLDER",
+                        help="write the results files from folders that --only wrote")
     args = parser.parse_args()
     t0 = time.perf_counter()
 
     def log(msg: str) -> None:
         print(f"[{(time.perf_counter() - t0) / 60:5.1f} min] {msg}", flush=True)
 
+    if args.combine:
+        combine(args.combine, log)
+        return 0
     if args.only:
         worker, rows, steps, answers = Worker(log), [], [], {}
         for name in args.only:
@@ -184,22 +207,11 @@ def main() -> int:
         parts = [pathlib.Path(tmp) / f"part{i}" for i in range(len(WORKERS))]
         procs = [subprocess.Popen([sys.executable, "-m", "tools.sweep_ch15_dpo", "--only", *names, "--out", str(p)],
                                   cwd=ROOT, env=env) for names, p in zip(WORKERS, parts)]
-        torch.set_num_threads(1)  # beside the workers
-        out, start_answers = start_rows(log)
-        if any(p.wait() for p in procs):
+        if any([p.wait() for p in procs]):  # wait for every worker
             log("a worker failed; nothing written")
             return 1
-        rows = [r for p in parts for r in read_results(p / OUT.name)]
-        steps = [r for p in parts for r in read_results(p / STEPS_OUT.name)]
-        answers = {k: v for p in parts for k, v in json.loads((p / ANSWERS_OUT.name).read_text()).items()}
-    out += [r for name in SETUPS for r in rows if r["setup"] == name]
-    write_results(OUT, COMMAND, FIELDS, out)
-    write_results(STEPS_OUT, COMMAND, STEP_FIELDS, [r for name in SETUPS for r in steps if r["setup"] == name])
-    prompts = [r["prompt"] for r in pr.load_preferences("test")]
-    lines = [json.dumps({"prompt": x, "start": start_answers[i], **{k: answers[k][i] for k in SETUPS}},
-                        ensure_ascii=False) for i, x in enumerate(prompts)]
-    write_atomic(ANSWERS_OUT, "\n".join(lines) + "\n")
-    log(f"wrote {OUT.name} ({len(out)} rows), {STEPS_OUT.name}, {ANSWERS_OUT.name}")
+        torch.set_num_threads(2)
+        combine(parts, log)
     return 0
 
 
