@@ -1,9 +1,13 @@
 """minilora.course.preference_runs on a tiny Llama with SmolLM2's tokenizer: the references DPO starts from."""
+import math
+
 import pytest
+import torch
 
 from minilora import LoRAConfig, inject_lora, lora_layers
 from minilora.course import preference_runs
 from minilora.course.preference_data import load_preferences
+from minilora.instruct import ChatCollator
 from minilora.utils import seed_everything
 
 CONFIG = LoRAConfig(r=4, lora_alpha=8, target_modules="all-linear")
@@ -24,13 +28,39 @@ def test_dpo_starts_at_log_2_and_learns_its_pairs(tiny_runs):
     assert log[-1]["margin"] > 0.05 and log[-1]["loss"] < 0.65
 
 
-def test_scores_of_a_fresh_adapter(tiny_runs, chat_tokenizer):
+@pytest.fixture
+def chosen_answers(tiny_runs, monkeypatch):
+    """Greedy answers that ended: each row's chosen answer (a tiny random model never says <|im_end|>)."""
+    answers = {r["prompt"]: r["chosen"] for r in tiny_runs}
+    monkeypatch.setattr(preference_runs, "generate", lambda model, tok, prompts, **kw: [answers[x] for x in prompts])
+    return answers
+
+
+def test_scores_of_a_fresh_adapter(tiny_runs, chosen_answers):
     model, tok = preference_runs.instruction_tuned()
     inject_lora(model, CONFIG)  # B = 0: the policy is its reference
     s = preference_runs.scores(model, tok, "validation")
-    assert s["margin"] == pytest.approx(0, abs=1e-6) and len(s["answers"]) == len(tiny_runs)
+    assert s["margin"] == pytest.approx(0, abs=1e-6) and s["answers"] == [r["chosen"] for r in tiny_runs]
     assert {k for k in s if k.startswith("win_")} == {"win_overall", *(f"win_{r['property']}" for r in tiny_runs)}
-    assert 0 <= s["win_overall"] <= 100 and s["neutral_nll"] > 0 and s["drift"] == pytest.approx(0, abs=1e-6)
+    assert s["win_overall"] == 100 and s["neutral_nll"] > 0 and s["drift"] == pytest.approx(0, abs=1e-6)
+
+
+def test_the_drift_is_the_log_ratio_of_the_models_own_answers(tiny_runs, chosen_answers):
+    model, tok = preference_runs.instruction_tuned()
+    ref = preference_runs.reference(model, tok, "validation")
+    inject_lora(model, CONFIG)
+    with torch.no_grad():
+        for _, layer in lora_layers(model):
+            layer.factors("default")[1].normal_(0, 0.05)
+    s = preference_runs.scores(model, tok, "validation")
+    with torch.no_grad():
+        chosen, _ = preference_runs.pair_logps(model, ChatCollator(tok), tiny_runs)
+    assert s["drift"] == pytest.approx((chosen - ref[0]).mean().item(), abs=1e-4)  # own answers = the chosen ones
+
+
+def test_no_answer_that_ended_gives_no_drift(tiny_runs):
+    model, tok = preference_runs.instruction_tuned()  # a tiny random model: every answer is cut
+    assert math.isnan(preference_runs.scores(model, tok, "validation")["drift"])
 
 
 def test_after_sft_the_reference_is_the_sft_model(tiny_runs):
@@ -77,7 +107,7 @@ def test_a_wrong_reference_is_refused_before_the_adapter_goes_in(tiny_runs):
     assert not list(lora_layers(model))
 
 
-def test_scores_of_a_model_without_adapters(tiny_runs):
+def test_scores_of_a_model_without_adapters(tiny_runs, chosen_answers):
     model, tok = preference_runs.instruction_tuned()
     s = preference_runs.scores(model, tok, "validation")
     assert s["margin"] == 0 and s["drift"] == 0 and 0 <= s["task_exact"] <= 100
