@@ -23,7 +23,9 @@ reward accuracy of the last five steps; the instruction-tuned model's scores (se
 ``results/ch15_dpo_steps.csv``: every step of each setup's chosen seed-0 run. ``results/ch15_answers.jsonl``:
 the test answers of the start model and of each setup's chosen seed-0 run. ``--only SETUP ... --out FOLDER``
 runs some setups in this process; ``--combine FOLDER ...`` writes the three files from such folders (the setups
-that finished).
+that finished); ``--add FOLDER ...`` merges such folders' setups into the committed files (a setup run again
+replaces its rows). ``SFT+DPO r=8`` run without ``SFT r=8`` in the same process first trains each seed's SFT model
+at the rate the committed file chose for it.
 """
 from __future__ import annotations
 
@@ -60,8 +62,8 @@ COMMAND = "python -m tools.sweep_ch15_dpo"
 SETUPS = {"SFT r=8": ("sft", 8), "DPO r=1": ("dpo", 1), "DPO r=8": ("dpo", 8), "DPO r=64": ("dpo", 64),
           "SFT+DPO r=8": ("sft+dpo", 8)}
 LADDER = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2]
-START = {"SFT r=8": [2e-4, 5e-4, 1e-3], "DPO r=1": [1e-4, 2e-4, 5e-4], "DPO r=8": [5e-5, 1e-4, 2e-4],
-         "DPO r=64": [2e-5, 5e-5, 1e-4], "SFT+DPO r=8": [5e-5, 1e-4, 2e-4]}
+START = {"SFT r=8": [2e-4, 5e-4, 1e-3], "DPO r=1": [2e-4, 5e-4, 1e-3], "DPO r=8": [5e-5, 1e-4, 2e-4],
+         "DPO r=64": [1e-4, 2e-4, 5e-4], "SFT+DPO r=8": [2e-5, 5e-5, 1e-4]}
 SEEDS = [0, 1, 2]
 WORKERS = [["SFT r=8", "SFT+DPO r=8"], ["DPO r=8", "DPO r=64"], ["DPO r=1"]]
 SCORES = ["win_overall", *(f"win_{p}" for p in PROPERTIES), "margin", "drift", "neutral_nll", "task_exact"]
@@ -86,11 +88,24 @@ class Worker:
             self.refs[split] = pr.reference(model, tok, split)
         return self.refs[split]
 
+    def sft_model(self, seed: int) -> dict:
+        """The merged weights of ``SFT r=8`` at its chosen rate for ``seed`` (trained here if not trained yet)."""
+        if seed not in self.sft:
+            lr = chosen_rate("SFT r=8")
+            self.log(f"SFT r=8      lr {lr:<7g} seed {seed}: training the start of SFT+DPO")
+            model, _, _ = pr.train("sft", config(SETUPS["SFT r=8"][1]), lr, seed)
+            self.keep_sft(seed, model)
+        return self.sft[seed]
+
+    def keep_sft(self, seed: int, model) -> None:
+        merged = minilora.merge_and_unload(model).state_dict()
+        self.sft[seed] = {k: v.detach().clone() for k, v in merged.items()}
+
     def train(self, name: str, lr: float, seed: int):
         method, r = SETUPS[name]
         if method == "sft+dpo":  # the same as pr.train("sft+dpo", ..., sft_lr=SFT's rate), without training SFT again
             model, tok = instruction_tuned()
-            model.load_state_dict(self.sft[seed])
+            model.load_state_dict(self.sft_model(seed))
             seed_everything(seed)
             return model, tok, pr.dpo(model, tok, config(r), lr, seed)
         return pr.train(method, config(r), lr, seed, ref=self.ref("train") if method == "dpo" else None)
@@ -142,9 +157,17 @@ class Worker:
             rows.append({**row, "chosen": 1})
             answers = answers or seed_answers
             if name == "SFT r=8":  # SFT+DPO starts from it
-                merged = minilora.merge_and_unload(model).state_dict()
-                self.sft[seed] = {k: v.detach().clone() for k, v in merged.items()}
+                self.keep_sft(seed, model)
         return rows, step_rows, answers
+
+
+def chosen_rate(name: str) -> float:
+    """The rate the committed results file chose for ``name``."""
+    rates = {float(r["lr"]) for r in read_results(OUT) if r["setup"] == name and r["chosen"] == "1"}
+    if len(rates) != 1:
+        raise ValueError(f"{OUT.name} has no single chosen rate for {name!r} ({sorted(rates)}); run "
+                         f"`{COMMAND} --only {name!r} ...` first.")
+    return rates.pop()
 
 
 def start_rows(log) -> tuple[list[dict], list[str]]:
@@ -160,12 +183,23 @@ def start_rows(log) -> tuple[list[dict], list[str]]:
     return out, answers
 
 
-def combine(parts: list[pathlib.Path], log) -> None:
-    """The three results files from the workers' folders, with the start model's rows and answers."""
-    out, start_answers = start_rows(log)
+def combine(parts: list[pathlib.Path], log, add: bool = False) -> None:
+    """The three results files from the workers' folders, with the start model's rows and answers; with ``add``,
+    the committed files' start rows and setups, a setup in ``parts`` replacing its committed rows."""
     rows = [r for p in parts for r in read_results(p / OUT.name)]
     steps = [r for p in parts for r in read_results(p / STEPS_OUT.name)]
     answers = {k: v for p in parts for k, v in json.loads((p / ANSWERS_OUT.name).read_text()).items()}
+    if add:
+        old = read_results(OUT)
+        out = [r for r in old if r["setup"] == "start"]
+        lines = [json.loads(line) for line in ANSWERS_OUT.read_text().splitlines()]
+        start_answers = [line["start"] for line in lines]
+        kept = [name for name in SETUPS if name in lines[0] and name not in answers]
+        rows += [r for r in old if r["setup"] in kept]
+        steps += [r for r in read_results(STEPS_OUT) if r["setup"] in kept]
+        answers |= {name: [line[name] for line in lines] for name in kept}
+    else:
+        out, start_answers = start_rows(log)
     done = [name for name in SETUPS if name in answers]
     out += [r for name in done for r in rows if r["setup"] == name]
     write_results(OUT, COMMAND, FIELDS, out)
@@ -183,14 +217,16 @@ def main() -> int:
     parser.add_argument("--out", type=pathlib.Path, default=OUT, help="with --only: a folder for the three files")
     parser.add_argument("--combine", nargs="+", type=pathlib.Path, metavar="FOLDER",
                         help="write the results files from folders that --only wrote")
+    parser.add_argument("--add", nargs="+", type=pathlib.Path, metavar="FOLDER",
+                        help="merge the setups of folders that --only wrote into the committed results files")
     args = parser.parse_args()
     t0 = time.perf_counter()
 
     def log(msg: str) -> None:
         print(f"[{(time.perf_counter() - t0) / 60:5.1f} min] {msg}", flush=True)
 
-    if args.combine:
-        combine(args.combine, log)
+    if args.combine or args.add:
+        combine(args.combine or args.add, log, add=bool(args.add))
         return 0
     if args.only:
         worker, rows, steps, answers = Worker(log), [], [], {}
