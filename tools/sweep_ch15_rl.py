@@ -1,13 +1,12 @@
-"""Chapter 15's RL: group-relative REINFORCE with LoRA at rank 1 against rank 8.
+"""Chapter 15's RL: group-relative REINFORCE with LoRA at rank 1 against rank 8 and full fine-tuning.
 
-    .venv/bin/python -m tools.sweep_ch15_rl         # about 20 minutes on 1 core
+    .venv/bin/python -m tools.sweep_ch15_rl         # about 70 minutes on 1 core
 
 Every run starts from chapter 07's instruction-tuned SmolLM2 and trains on ISO dates with an exact-match reward
 (``minilora.course.rl_runs``: ``PROMPTS`` prompts and ``GROUP`` samples per step, ``STEPS`` steps) with
-all-linear LoRA at r = 1 and r = 8 (lora_alpha = 2r). Full fine-tuning is not in this sweep
-(``rl_runs.train("full", ...)`` runs it; each step updates and stores AdamW state for all 135M weights).
-Each step's row has the mean reward of its samples and the share of groups that taught something; every
-``EVERY`` steps the greedy accuracy on ``large_validation`` (40 dates) is added.
+all-linear LoRA at r = 1 and r = 8 (lora_alpha = 2r), and with full fine-tuning (every one of the 135M
+weights, AdamW's state for each). Each step's row has the mean reward of its samples and the share of groups
+that taught something; every ``EVERY`` steps the greedy accuracy on ``large_validation`` (40 dates) is added.
 
 For each setup the learning rate is chosen on seed 0's last validation accuracy (ties: the higher mean reward of
 the last ``EVERY`` steps, then the smaller rate) from a ladder: three rates to start, extended by one at a time
@@ -16,7 +15,8 @@ and the three seeds are scored once on ``large_test`` (40 dates).
 
 ``results/ch15_rl.csv``: one row per run and step (``split`` train; ``val_accuracy`` at every ``EVERY``-th step),
 the chosen runs' test accuracy (``split`` test, at the last step), and the start model's accuracies (setup
-``start``, step 0).
+``start``, step 0). ``--only SETUP ... --out FILE`` runs some setups; ``--combine FILE ...`` writes the results
+file from such files (the start rows of the first, each setup's rows from the file that has them).
 """
 from __future__ import annotations
 
@@ -34,18 +34,19 @@ from minilora.course.chat_runs import instruction_tuned
 
 if __package__:  # python -m tools.sweep_ch15_rl
     from .ladder import choose_rate
-    from .results_csv import write_results
+    from .results_csv import read_results, write_results
 else:  # python tools/sweep_ch15_rl.py
     from ladder import choose_rate
-    from results_csv import write_results
+    from results_csv import read_results, write_results
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "ch15_rl.csv"
 COMMAND = "python -m tools.sweep_ch15_rl"
 STEPS, EVERY = 24, 8
-SETUPS = {f"LoRA r={r}": LoRAConfig(r=r, lora_alpha=2 * r, target_modules="all-linear") for r in (1, 8)}
+SETUPS = {**{f"LoRA r={r}": LoRAConfig(r=r, lora_alpha=2 * r, target_modules="all-linear") for r in (1, 8)},
+          "full": "full"}
 LADDER = [1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2]
-START = {"LoRA r=1": [5e-4, 1e-3, 2e-3], "LoRA r=8": [5e-4, 1e-3, 2e-3]}
+START = {"LoRA r=1": [5e-4, 1e-3, 2e-3], "LoRA r=8": [5e-4, 1e-3, 2e-3], "full": [2e-5, 5e-5, 1e-4]}
 SEEDS = [0, 1, 2]
 FIELDS = ["setup", "trainable", "lr", "seed", "step", "reward", "informative", "split", "val_accuracy",
           "test_accuracy", "chosen"]
@@ -112,11 +113,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=list(SETUPS), help="run these setups only")
     parser.add_argument("--out", type=pathlib.Path, default=OUT)
+    parser.add_argument("--combine", nargs="+", type=pathlib.Path, metavar="FILE",
+                        help="write the results file from files that --only ... --out FILE wrote")
     args = parser.parse_args()
     t0 = time.perf_counter()
 
     def log(msg: str) -> None:
         print(f"[{(time.perf_counter() - t0) / 60:5.1f} min] {msg}", flush=True)
+
+    if args.combine:
+        parts = [read_results(f) for f in args.combine]
+        out = [r for r in parts[0] if r["setup"] == "start"]
+        for name in SETUPS:
+            out += next(([r for r in rows if r["setup"] == name] for rows in parts
+                         if any(r["setup"] == name for r in rows)), [])
+        write_results(args.out, COMMAND, FIELDS, out)
+        log(f"wrote {args.out}: {len(out)} rows ({', '.join(dict.fromkeys(r['setup'] for r in out))})")
+        return 0
 
     torch.set_num_threads(1)  # beside the preference sweep's two workers, or alone on a small machine
     out = start_rows()
