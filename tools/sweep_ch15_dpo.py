@@ -1,6 +1,6 @@
 """Chapter 15's preference tuning: SFT on the chosen answers, DPO, and DPO after SFT, with LoRA at ranks 1-64.
 
-    .venv/bin/python -m tools.sweep_ch15_dpo        # 1-thread workers; a setup takes 30-60 minutes in one
+    .venv/bin/python -m tools.sweep_ch15_dpo        # 1-thread workers; a setup takes 35-65 minutes in one
 
 Every run starts from chapter 07's instruction-tuned SmolLM2 (``chat_runs.instruction_tuned``) and trains
 all-linear LoRA (lora_alpha = 2r) for ``preference_runs.STEPS`` steps of ``PAIRS`` preference pairs
